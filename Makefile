@@ -1,0 +1,80 @@
+# One entry point for every development command; `make help` lists them.
+# Everything installs itself on first use: a fresh clone needs only `make test` or `make demo`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CI and fresh machines: a stamp file per step keeps repeat runs fast.
+STAMP := $(VENV)/.stamp
+
+export PATH := $(abspath $(BIN)):$(HOME)/.cargo/bin:$(PATH)
+
+RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+PY_SOURCES := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.typed')
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP)-venv: pyproject.toml
+	@echo "==> Python environment in $(VENV) (prefect, test and lint tools)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "maturin>=1.16,<2" \
+		$$($(BIN)/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		print(' '.join(repr(d) for d in p['dependencies'] + p['optional-dependencies']['test'] + p['optional-dependencies']['dev']))" | tr -d "'")
+	touch $@
+
+$(STAMP)-build: $(STAMP)-venv $(RUST_SOURCES) $(PY_SOURCES) pyproject.toml
+	@echo "==> Building the Rust core and installing the package into $(VENV)"
+	$(BIN)/maturin develop --release
+	$(BIN)/python -c "import prefect_kubernetes_rs._core"
+	touch $@
+
+.PHONY: install
+install: $(STAMP)-build ## Create the venv, build the Rust core, install the package (editable)
+
+.PHONY: test
+test: install ## Everything: Rust unit tests, Python tests (parity with prefect-kubernetes included)
+	@echo "==> cargo test"
+	cargo test --locked --quiet
+	@echo "==> pytest"
+	$(BIN)/python -m pytest -q
+
+.PHONY: test-rust
+test-rust: ## Rust unit tests only
+	cargo test --locked
+
+.PHONY: test-python
+test-python: install ## Python tests only
+	$(BIN)/python -m pytest -q
+
+.PHONY: lint
+lint: $(STAMP)-venv install ## rustfmt, clippy -D warnings, ruff, and the _core.pyi stub check
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+	$(BIN)/ruff check python tests bench
+	$(BIN)/ruff format --check python tests bench
+	$(BIN)/python -m mypy.stubtest prefect_kubernetes_rs._core
+
+.PHONY: fmt
+fmt: $(STAMP)-venv ## Format Rust and Python code
+	cargo fmt
+	$(BIN)/ruff format python tests bench
+	$(BIN)/ruff check --fix python tests bench
+
+.PHONY: bench
+bench: install ## Benchmarks against prefect-kubernetes, written to bench/results/
+	$(BIN)/python bench/config_path.py
+
+.PHONY: wheel
+wheel: $(STAMP)-venv ## Build the release wheel into dist/
+	$(BIN)/maturin build --release --out dist
+
+.PHONY: clean
+clean: ## Remove build outputs (keeps the venv and the control-plane cache)
+	cargo clean
+	rm -rf dist $(STAMP)-build

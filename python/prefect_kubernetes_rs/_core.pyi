@@ -1,0 +1,80 @@
+"""The native core of prefect-kubernetes-rs (Rust, built with PyO3).
+
+Manifests cross this boundary as plain JSON-compatible data (dicts, lists, strings, numbers,
+booleans, None). Problems with the data raise `prefect_kubernetes_rs.exceptions.ManifestError`,
+a `ValueError`.
+"""
+
+from typing import Any
+
+__all__ = [
+    "__version__",
+    "default_job_manifest_template",
+    "needs_api_resolution",
+    "prepare_job_manifest",
+    "render_template",
+    "slugify_label_key",
+    "slugify_label_value",
+    "slugify_name",
+    "split_command",
+    "validate_job_manifest",
+]
+
+__version__: str
+
+def render_template(template: Any, values: dict[str, Any]) -> Any:
+    """Render `template` with `values` by Prefect's `{{ placeholder }}` rules.
+
+    A string that is exactly one placeholder becomes the value (any JSON type); a missing value
+    removes the key or list item holding it; placeholders inside other text become Python's
+    `str()` of the value; `{{ $NAME }}` reads the process environment. Block and
+    `prefect.variables` placeholders are left as they are. Returns None where Prefect returns
+    `NotSet` (the whole template was one missing placeholder).
+    """
+
+def needs_api_resolution(value: Any) -> bool:
+    """Whether `value` holds `$ref` block references or `prefect.blocks.*` /
+    `prefect.variables.*` placeholders that only the Prefect API can resolve."""
+
+def validate_job_manifest(job_manifest: Any, namespace: str) -> dict[str, Any]:
+    """Check that `job_manifest` is a Job a flow can run in; return it with `metadata`,
+    `metadata.labels`, `metadata.annotations` and `metadata.namespace` filled in.
+
+    Raises ManifestError with the Python worker's wording ("Job is missing required attributes
+    at the following paths: ..." / "Job has incompatible values for the following attributes:
+    ...") or when two containers are named `prefect-job`.
+    """
+
+def prepare_job_manifest(
+    job_manifest: Any,
+    env: dict[str, Any],
+    env_references: list[dict[str, Any]],
+    labels: dict[str, Any],
+    annotations: dict[str, Any],
+    name: str | None,
+    default_image: str,
+    api_dns_name: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | list[dict[str, Any]]]:
+    """Prepare a validated manifest for one flow run; return `(manifest, env)`.
+
+    Sets the `prefect-job` container's env (Prefect's values win over hard-coded entries,
+    `valueFrom` entries kept after the plain ones, the SIGTERM behaviour for evictions), image,
+    args (the command as POSIX shell words) and the Job's generateName; slugifies and copies
+    labels and annotations onto the Job and its pod. `env` comes back as a mapping, or as a
+    list of entries when `env_references` is not empty.
+    """
+
+def default_job_manifest_template() -> dict[str, Any]:
+    """The Job manifest template of the `kubernetes-rs` work pool type."""
+
+def slugify_name(name: str) -> str | None:
+    """A lowercase slug of at most 45 characters for a Job's generateName, or None if empty."""
+
+def slugify_label_key(key: str) -> str:
+    """A label key slug: optional prefix (at most 253) and name (at most 63), case kept."""
+
+def slugify_label_value(value: str) -> str:
+    """A label value slug of at most 63 characters, case kept."""
+
+def split_command(command: str) -> list[str]:
+    """Split `command` into words as a POSIX shell does (Python's `shlex.split`)."""

@@ -1,0 +1,405 @@
+"""The `kubernetes-rs` worker: each flow run becomes a Kubernetes Job.
+
+    prefect worker start --pool my-pool --type kubernetes-rs
+
+Install the package where the worker runs (`pip install prefect-kubernetes-rs`), then create a
+work pool of type `kubernetes-rs` (`prefect work-pool create my-pool --type kubernetes-rs`) or let
+the worker create it. A base job template written for the `kubernetes` worker of
+`prefect-kubernetes` works unchanged: the variables, their defaults and the way the Job manifest
+is rendered are the same.
+
+For each flow run the worker renders the pool's job template with the deployment's and the flow
+run's job variables, checks that the result is a Job it can run a flow in (a container named
+`prefect-job`, `restartPolicy: Never`, one pod), and fills in what the run needs: Prefect's
+environment, labels and annotations on the Job and its pod, the image, the command and the Job's
+name. Templating, validation and preparation run in Rust, in a few microseconds per run.
+
+To migrate code written against `prefect-kubernetes`, change the import:
+
+    from prefect_kubernetes_rs.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio.abc
+import prefect
+from prefect.client.schemas.objects import Flow as APIFlow
+from prefect.settings.context import get_current_settings
+from prefect.utilities.collections import deep_merge, set_in_dict
+from prefect.utilities.dockerutils import get_prefect_image_name
+from prefect.utilities.templating import resolve_block_document_references, resolve_variables
+from prefect.workers.base import (
+    BaseJobConfiguration,
+    BaseVariables,
+    BaseWorker,
+    BaseWorkerResult,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import Self
+
+from prefect_kubernetes_rs import _core
+from prefect_kubernetes_rs.exceptions import ManifestError
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun, WorkPool
+    from prefect.client.schemas.responses import DeploymentResponse
+    from prefect.settings import Settings
+
+WORKER_TYPE = "kubernetes-rs"
+
+
+class KubernetesClusterConfig(BaseModel):
+    """A kubeconfig and the context in it that the worker uses to reach a cluster.
+
+    In a work pool this is a reference to a `kubernetes-cluster-config` block (the block type of
+    `prefect-kubernetes`), so pools copied from a `kubernetes` pool keep working.
+    """
+
+    model_config = ConfigDict(
+        title="KubernetesClusterConfig",
+        json_schema_extra={
+            "block_type_slug": "kubernetes-cluster-config",
+            "secret_fields": [],
+            "block_schema_references": {},
+        },
+    )
+
+    config: dict[str, Any] = Field(description="The whole kubeconfig, as a mapping.")
+    context_name: str = Field(description="The kubeconfig context to use.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_block_objects(cls, value: Any) -> Any:
+        """Accept any object shaped like the block (e.g. prefect-kubernetes's own class)."""
+        if isinstance(value, dict) or isinstance(value, cls):
+            return value
+        if hasattr(value, "config") and hasattr(value, "context_name"):
+            return {"config": value.config, "context_name": value.context_name}
+        return value
+
+
+@functools.cache
+def _default_image() -> str:
+    """The Prefect image for this Prefect and Python version (computed once: it may run git)."""
+    return get_prefect_image_name()
+
+
+@functools.cache
+def _prefect_version_label() -> str:
+    return _core.slugify_label_value(prefect.__version__.split("+")[0])
+
+
+# The environment Prefect's settings contribute to every flow run, computed once per settings
+# object: serialising all settings costs ~20 ms, and it only changes when the settings do.
+_settings_environment: tuple[Settings, dict[str, str]] | None = None
+
+
+def _settings_environment_for(settings: Settings) -> dict[str, str]:
+    global _settings_environment
+    cached = _settings_environment
+    if cached is None or cached[0] is not settings:
+        cached = (settings, settings.to_environment_variables(exclude_unset=True))
+        _settings_environment = cached
+    return dict(cached[1])
+
+
+class KubernetesWorkerJobConfiguration(BaseJobConfiguration):
+    """Everything the worker needs to run one flow run as a Kubernetes Job.
+
+    Built from the work pool's base job template and the job variables; `job_manifest` is the
+    Job sent to Kubernetes once `prepare_for_flow_run` has filled it in.
+    """
+
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Annotations added to the Job and its pod.",
+    )
+    namespace: str = Field(default="default", description="Namespace the Job is created in.")
+    job_manifest: dict[str, Any] = Field(
+        json_schema_extra={"template": _core.default_job_manifest_template()},
+        description="The Kubernetes Job manifest.",
+    )
+    cluster_config: KubernetesClusterConfig | None = Field(
+        default=None, description="Kubeconfig to reach the cluster; default: in-cluster or local."
+    )
+    job_watch_timeout_seconds: int | None = Field(
+        default=None,
+        description="Overall deadline, in seconds, for the Job to finish once its pod has started.",
+    )
+    pod_watch_timeout_seconds: int = Field(
+        default=60, description="Seconds the pod may stay Pending before the run is given up."
+    )
+    stream_output: bool = Field(
+        default=True, description="Print the flow container's log to the worker's output."
+    )
+    env: dict[str, str | None] | list[dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Environment of the flow container, as a mapping or as Kubernetes env entries.",
+    )
+
+    # Replaces 'localhost' and '127.0.0.1' in PREFECT_API_URL when set (pods cannot reach the
+    # worker's loopback); set by code that knows the worker's cluster-visible name.
+    _api_dns_name: str | None = None
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _coerce_env(cls, value: Any) -> Any:  # replaces the base class validator of that name
+        """Env mapping values become strings (None still means "unset"); lists pass as they are."""
+        if isinstance(value, dict):
+            return {key: None if item is None else str(item) for key, item in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _validate_job_manifest(self) -> Self:
+        """Check the manifest can run a flow; fill in metadata defaults (namespace, labels)."""
+        self.job_manifest = _core.validate_job_manifest(self.job_manifest, self.namespace)
+        return self
+
+    @classmethod
+    async def from_template_and_values(
+        cls,
+        base_job_template: dict[str, Any],
+        values: dict[str, Any],
+        client: PrefectClient | None = None,
+    ) -> Self:
+        """Render the pool's base job template with job variables, by Prefect's rules.
+
+        The placeholders are rendered in Rust; block references and `prefect.variables`
+        placeholders are resolved through the Prefect API only when the result contains any.
+        """
+        if not isinstance(base_job_template, dict) or not isinstance(
+            base_job_template.get("job_configuration"), dict
+        ):
+            raise ManifestError(
+                "The base job template must be a mapping with a 'job_configuration' mapping; "
+                "get a valid one with `prefect work-pool get-default-base-job-template "
+                f"--type {WORKER_TYPE}`."
+            )
+        configuration = dict(base_job_template["job_configuration"])
+        properties = (base_job_template.get("variables") or {}).get("properties") or {}
+        variables = {
+            name: schema["default"]
+            for name, schema in properties.items()
+            if isinstance(schema, dict) and schema.get("default") is not None
+        }
+        # A default `env` joins (or replaces) the configuration's env before job variables apply.
+        if variables.get("env"):
+            if isinstance(configuration.get("env"), dict):
+                configuration["env"] = configuration["env"] | variables["env"]
+            else:
+                configuration["env"] = variables["env"]
+
+        # `{"env.FOO": "x"}` means `{"env": {"FOO": "x"}}`; the nested spelling wins.
+        dotted: dict[str, Any] = {}
+        for key, value in values.items():
+            if "." in key:
+                set_in_dict(dotted, key, value)
+        for key, value in values.items():
+            if "." in key:
+                continue
+            if isinstance(dotted.get(key), dict) and isinstance(value, dict):
+                dotted[key] = deep_merge(dotted[key], value)
+            else:
+                dotted[key] = value
+        variables.update(dotted)
+
+        if isinstance(configuration.get("env"), dict) and variables.get("env"):
+            configuration["env"] = configuration["env"] | variables["env"]
+
+        rendered = _core.render_template(configuration, variables)
+        if _core.needs_api_resolution(rendered):
+            rendered = await resolve_block_document_references(template=rendered, client=client)
+            rendered = await resolve_variables(template=rendered, client=client)
+        return cls(**rendered)
+
+    @classmethod
+    def _base_environment(cls) -> dict[str, str]:
+        return _settings_environment_for(get_current_settings())
+
+    @staticmethod
+    def _base_flow_run_labels(flow_run: FlowRun) -> dict[str, str]:
+        version = _prefect_version_label()
+        return {
+            "prefect.io/flow-run-id": str(flow_run.id),
+            "prefect.io/flow-run-name": flow_run.name,
+            "prefect.io/version": version,
+            "app.kubernetes.io/managed-by": "prefect",
+            "app.kubernetes.io/part-of": "prefect",
+            "app.kubernetes.io/version": version,
+        }
+
+    @staticmethod
+    def _base_flow_labels(flow: APIFlow | None) -> dict[str, str]:
+        labels = BaseJobConfiguration._base_flow_labels(flow)
+        if flow is not None:
+            labels["app.kubernetes.io/name"] = _core.slugify_label_value(flow.name)
+        return labels
+
+    @staticmethod
+    def _base_deployment_labels(deployment: DeploymentResponse | None) -> dict[str, str]:
+        labels = BaseJobConfiguration._base_deployment_labels(deployment)
+        if deployment is not None:
+            labels["app.kubernetes.io/name"] = _core.slugify_label_value(deployment.name)
+        return labels
+
+    def prepare_for_flow_run(
+        self,
+        flow_run: FlowRun,
+        deployment: DeploymentResponse | None = None,
+        flow: APIFlow | None = None,
+        work_pool: WorkPool | None = None,
+        worker_name: str | None = None,
+        worker_id: UUID | None = None,
+    ) -> None:
+        """Fill the Job manifest in for `flow_run`: env, labels, annotations, image, command, name.
+
+        Every edit targets the container named `prefect-job`.
+        """
+        env_references: list[dict[str, Any]] = []
+        if isinstance(self.env, list):
+            # Entries that point at Secrets or ConfigMaps cannot join Prefect's mapping of
+            # values; they are kept aside and placed after the plain values.
+            env_references = [entry for entry in self.env if "valueFrom" in entry]
+            self.env = {
+                entry["name"]: entry.get("value")
+                for entry in self.env
+                if "name" in entry and "value" in entry
+            }
+        super().prepare_for_flow_run(
+            flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
+        )
+        self.job_manifest, self.env = _core.prepare_job_manifest(
+            self.job_manifest,
+            self.env,
+            env_references,
+            self.labels,
+            self.annotations,
+            self.name,
+            _default_image(),
+            self._api_dns_name,
+        )
+
+
+class KubernetesWorkerVariables(BaseVariables):
+    """The job variables of a `kubernetes-rs` work pool (the UI's and CLI's form fields)."""
+
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Annotations added to the Kubernetes Jobs and pods of flow runs.",
+    )
+    namespace: str = Field(
+        default="default", description="The Kubernetes namespace flow-run Jobs are created in."
+    )
+    image: str | None = Field(
+        default=None,
+        examples=["docker.io/prefecthq/prefect:3-latest"],
+        description="Container image of the flow run. Default: the Prefect image matching the "
+        "worker's Prefect and Python versions.",
+    )
+    service_account_name: str | None = Field(
+        default=None, description="Kubernetes service account the flow-run pods run as."
+    )
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
+        default="IfNotPresent", description="When Kubernetes pulls the image of flow-run pods."
+    )
+    backoff_limit: int = Field(
+        default=0,
+        ge=0,
+        title="Backoff Limit",
+        description="How many times Kubernetes retries a failed or evicted pod of the Job. "
+        "With 0, a flow run whose pod is evicted is rescheduled by Prefect instead.",
+    )
+    finished_job_ttl: int | None = Field(
+        default=None,
+        title="Finished Job TTL",
+        description="Seconds Kubernetes keeps a finished Job (and its pods) before deleting "
+        "it. Unset: finished Jobs are kept until someone deletes them.",
+    )
+    job_watch_timeout_seconds: int | None = Field(
+        default=None,
+        description="Overall deadline, in seconds, for a flow-run Job to finish once its pod "
+        "has started; the run is reported as crashed when it passes. Unset: no deadline.",
+    )
+    pod_watch_timeout_seconds: int = Field(
+        default=60,
+        description="Seconds a flow-run pod may stay Pending (scheduling, image pull) before "
+        "the worker deletes the Job and reports the run as crashed.",
+    )
+    stream_output: bool = Field(
+        default=True,
+        description="Print the log of the flow-run container to the worker's standard output.",
+    )
+    cluster_config: KubernetesClusterConfig | None = Field(
+        default=None,
+        description="The cluster to run Jobs on, as a kubernetes-cluster-config block. "
+        "Default: the in-cluster service account, else the local kubeconfig.",
+    )
+    cpu_request: str | None = Field(
+        default=None,
+        title="CPU Request",
+        description="CPU the flow-run container requests, as a Kubernetes quantity (e.g. 500m).",
+    )
+    cpu_limit: str | None = Field(
+        default=None,
+        title="CPU Limit",
+        description="Most CPU the flow-run container may use, as a Kubernetes quantity (e.g. 2).",
+    )
+    memory_request: str | None = Field(
+        default=None,
+        title="Memory Request",
+        description="Memory the flow-run container requests, as a Kubernetes quantity "
+        "(e.g. 512Mi).",
+    )
+    memory_limit: str | None = Field(
+        default=None,
+        title="Memory Limit",
+        description="Most memory the flow-run container may use, as a Kubernetes quantity "
+        "(e.g. 1Gi).",
+    )
+
+
+class KubernetesWorkerResult(BaseWorkerResult):
+    """The outcome of a flow run's Job: its infrastructure pid and exit code."""
+
+
+class KubernetesWorker(
+    BaseWorker[KubernetesWorkerJobConfiguration, KubernetesWorkerVariables, KubernetesWorkerResult]
+):
+    """Runs each flow run as a Kubernetes Job."""
+
+    type: str = WORKER_TYPE
+    job_configuration = KubernetesWorkerJobConfiguration
+    job_configuration_variables = KubernetesWorkerVariables
+    _description = (
+        "Runs flow runs as Kubernetes Jobs, with a Rust core: compatible with `kubernetes` "
+        "work pool templates, lighter on the worker and the API server."
+    )
+    _display_name = "Kubernetes (Rust)"
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: KubernetesWorkerJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> KubernetesWorkerResult:
+        raise NotImplementedError(
+            "prefect-kubernetes-rs cannot submit flow runs yet: the Kubernetes Job lifecycle "
+            "(create, watch, logs) is not built. Nothing was created in the cluster."
+        )
+
+    async def kill_infrastructure(
+        self,
+        infrastructure_pid: str,
+        configuration: KubernetesWorkerJobConfiguration,
+        grace_seconds: int = 30,
+    ) -> None:
+        raise NotImplementedError(
+            "prefect-kubernetes-rs cannot stop Kubernetes Jobs yet: the Kubernetes Job "
+            f"lifecycle is not built, so Job {infrastructure_pid!r} was left as it is."
+        )

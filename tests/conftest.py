@@ -1,0 +1,60 @@
+"""Shared fixtures: the Prefect objects a worker sees for one flow run, built locally."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import pytest
+from prefect.client.schemas.objects import Flow, FlowRun, WorkPool
+from prefect.client.schemas.responses import DeploymentResponse
+
+from prefect_kubernetes_rs.worker import KubernetesWorker
+
+
+class NoApiClient:
+    """Stands in for a Prefect client where no API call may happen; any use fails the test."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"unexpected Prefect API call: client.{name}")
+
+
+@pytest.fixture
+def no_api_client() -> NoApiClient:
+    return NoApiClient()
+
+
+@pytest.fixture
+def flow() -> Flow:
+    return Flow(id=uuid.UUID("11111111-1111-4111-8111-111111111111"), name="ETL Pipeline")
+
+
+@pytest.fixture
+def deployment(flow: Flow) -> DeploymentResponse:
+    return DeploymentResponse(
+        id=uuid.UUID("22222222-2222-4222-8222-222222222222"),
+        name="nightly-load",
+        flow_id=flow.id,
+        updated=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+    )
+
+
+@pytest.fixture
+def flow_run(flow: Flow, deployment: DeploymentResponse) -> FlowRun:
+    return FlowRun(
+        id=uuid.UUID("33333333-3333-4333-8333-333333333333"),
+        name="happy-cat",
+        flow_id=flow.id,
+        deployment_id=deployment.id,
+    )
+
+
+@pytest.fixture
+def work_pool() -> WorkPool:
+    return WorkPool(
+        id=uuid.UUID("44444444-4444-4444-8444-444444444444"),
+        name="k8s-pool",
+        type="kubernetes-rs",
+        base_job_template=KubernetesWorker.get_default_base_job_template(),
+    )

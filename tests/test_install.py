@@ -1,0 +1,154 @@
+"""A new user's first steps, for real: install the built wheel into a fresh virtual
+environment, ask Prefect's CLI for the template, and create work pools on a real Prefect server.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prefect_kubernetes import worker as oracle
+
+from prefect_kubernetes_rs.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
+
+pytestmark = pytest.mark.timeout(900)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory) -> Path:
+    """A virtual environment with nothing but `pip install <our wheel>`."""
+    workdir = tmp_path_factory.mktemp("install")
+    maturin = Path(sys.executable).with_name("maturin")
+    subprocess.run(
+        [str(maturin), "build", "--release", "--out", str(workdir / "dist")],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (workdir / "dist").glob("prefect_kubernetes_rs-*.whl")
+    venv = workdir / "venv"
+    # A Python outside our venv, as a user's would be.
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        check=True,
+    )
+    return venv
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def prefect_server(fresh_venv: Path, cli_env: dict[str, str]):
+    port = free_port()
+    log = open(Path(cli_env["PREFECT_HOME"]) / "server.log", "wb")
+    server = subprocess.Popen(
+        [str(fresh_venv / "bin" / "prefect"), "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env=cli_env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    api_url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api_url}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    text = (Path(cli_env["PREFECT_HOME"]) / "server.log").read_text()[-3000:]
+                    pytest.fail(f"prefect server did not become healthy:\n{text}")
+                time.sleep(0.5)
+        yield api_url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def prefect(venv: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(venv / "bin" / "prefect"), *args],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def test_cli_prints_the_default_template(fresh_venv: Path, cli_env: dict[str, str]):
+    result = prefect(
+        fresh_venv, cli_env, "work-pool", "get-default-base-job-template", "--type", "kubernetes-rs"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == KubernetesWorker.get_default_base_job_template()
+
+
+def test_cli_creates_a_pool_of_our_type(fresh_venv, cli_env, prefect_server):
+    env = cli_env | {"PREFECT_API_URL": prefect_server}
+    result = prefect(fresh_venv, env, "work-pool", "create", "rs-pool", "--type", "kubernetes-rs")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Created work pool 'rs-pool'" in result.stdout
+    with urllib.request.urlopen(f"{prefect_server}/work_pools/rs-pool") as response:
+        pool = json.load(response)
+    assert pool["type"] == "kubernetes-rs"
+    assert pool["base_job_template"] == KubernetesWorker.get_default_base_job_template()
+
+
+async def test_a_template_copied_from_a_kubernetes_pool_is_accepted(
+    fresh_venv, cli_env, prefect_server, tmp_path, flow_run, no_api_client
+):
+    copied = tmp_path / "kubernetes-template.json"
+    copied.write_text(json.dumps(oracle.KubernetesWorker.get_default_base_job_template()))
+    env = cli_env | {"PREFECT_API_URL": prefect_server}
+    result = prefect(
+        fresh_venv, env, "work-pool", "create", "copied", "--type", "kubernetes-rs",
+        "--base-job-template", str(copied),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    with urllib.request.urlopen(f"{prefect_server}/work_pools/copied") as response:
+        template = json.load(response)["base_job_template"]
+
+    values = {"image": "flows:1", "env": {"A": "1"}, "labels": {"team": "data"}}
+    ours = await KubernetesWorkerJobConfiguration.from_template_and_values(
+        copy.deepcopy(template), values, client=no_api_client
+    )
+    theirs = await oracle.KubernetesWorkerJobConfiguration.from_template_and_values(
+        copy.deepcopy(template), values, client=no_api_client
+    )
+    for configuration in (ours, theirs):
+        configuration.prepare_for_flow_run(flow_run)
+    assert ours.job_manifest == theirs.job_manifest

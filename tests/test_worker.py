@@ -1,0 +1,76 @@
+"""The worker as Prefect finds it: plugin registration, its template, settings, its limits."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+from prefect.plugins import load_prefect_collections
+from prefect.workers.base import BaseWorker
+
+from prefect_kubernetes_rs.settings import KubernetesRsSettings
+from prefect_kubernetes_rs.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
+
+
+def test_prefect_finds_the_worker_type_through_its_plugin_entry_point():
+    entry_points = importlib.metadata.entry_points(group="prefect.collections")
+    assert "prefect_kubernetes_rs" in {entry.name for entry in entry_points}
+    load_prefect_collections()
+    assert BaseWorker.get_worker_class_from_type("kubernetes-rs") is KubernetesWorker
+
+
+def test_default_template_renders_the_variables_the_ui_shows():
+    template = KubernetesWorker.get_default_base_job_template()
+    properties = template["variables"]["properties"]
+    for name in (
+        "namespace", "image", "service_account_name", "image_pull_policy", "backoff_limit",
+        "finished_job_ttl", "annotations", "cpu_request", "cpu_limit", "memory_request",
+        "memory_limit", "job_watch_timeout_seconds", "pod_watch_timeout_seconds",
+        "stream_output", "cluster_config", "name", "env", "labels", "command",
+    ):  # fmt: skip
+        assert properties[name].get("description"), f"{name} has no help text"
+    assert "deadline" in properties["job_watch_timeout_seconds"]["description"]
+    assert template["job_configuration"]["job_manifest"]["kind"] == "Job"
+
+
+def test_settings_read_the_prefect_kubernetes_names_and_aliases(monkeypatch):
+    monkeypatch.setenv("PREFECT_KUBERNETES_CLUSTER_UID", "uid-from-alias")
+    monkeypatch.setenv("PREFECT_KUBERNETES_WORKER_STORE_PREFECT_API_IN_SECRET", "true")
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KUBERNETES_WORKER_CREATE_JOB_RETRY_MAX_RETRIES", "5")
+    settings = KubernetesRsSettings()
+    assert settings.cluster_uid == "uid-from-alias"
+    assert settings.worker.create_secret_for_api_key is True
+    assert settings.worker.create_job_retry.max_retries == 5
+    assert settings.worker.add_tcp_keepalive is True
+
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KUBERNETES_CLUSTER_UID", "uid-canonical")
+    monkeypatch.delenv("PREFECT_KUBERNETES_CLUSTER_UID")
+    assert KubernetesRsSettings().cluster_uid == "uid-canonical"
+
+
+def test_settings_defaults_match_the_python_worker(monkeypatch):
+    for name in list(__import__("os").environ):
+        if name.startswith(("PREFECT_INTEGRATIONS_KUBERNETES", "PREFECT_KUBERNETES")):
+            monkeypatch.delenv(name)
+    settings = KubernetesRsSettings()
+    retry = settings.worker.create_job_retry
+    assert (retry.max_retries, retry.delay_seconds, retry.jitter_min_seconds) == (3, 1, 0)
+    assert retry.jitter_max_seconds == 3
+    assert settings.worker.create_secret_for_api_key is False
+    assert settings.cluster_uid is None
+
+
+async def test_run_refuses_loudly_until_the_job_lifecycle_exists(flow_run):
+    configuration = KubernetesWorkerJobConfiguration(
+        job_manifest={
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "spec": {"template": {"spec": {"parallelism": 1, "completions": 1,
+                     "restartPolicy": "Never", "containers": [{"name": "prefect-job"}]}}},
+        }
+    )  # fmt: skip
+    worker = KubernetesWorker(work_pool_name="unused")
+    with pytest.raises(NotImplementedError, match="Nothing was created in the cluster"):
+        await worker.run(flow_run, configuration)
+    with pytest.raises(NotImplementedError, match="left as it is"):
+        await worker.kill_infrastructure("ns:job", configuration)
