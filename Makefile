@@ -11,6 +11,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp
 
 export PATH := $(abspath $(BIN)):$(HOME)/.cargo/bin:$(PATH)
+# maturin installs into the active virtual environment: make it ours, whatever the caller's shell has.
+export VIRTUAL_ENV := $(abspath $(VENV))
+unexport CONDA_PREFIX
 
 RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 PY_SOURCES := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.typed')

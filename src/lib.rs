@@ -33,28 +33,24 @@ fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
     pythonize::pythonize(py, value).map_err(|error| conversion_error(py, "result", error))
 }
 
-/// Renders a job configuration template with job variables, by Prefect's placeholder rules.
+/// Renders a job configuration template with job variables, by Prefect's placeholder rules;
+/// returns `(rendered, needs_api_resolution)`, the latter telling whether block references or
+/// `prefect.*` placeholders remain for the Prefect API (saves a second pass over the data).
 #[pyfunction]
 fn render_template<'py>(
     py: Python<'py>,
     template: &Bound<'py, PyAny>,
     values: &Bound<'py, PyDict>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<(Bound<'py, PyAny>, bool)> {
     let template = to_value(template, "the job template")?;
     let values = to_map(values.as_any(), "the job variables")?;
     match manifest::apply_values(&template, &values, &manifest::ProcessEnvironment) {
-        Some(rendered) => to_py(py, &rendered),
-        None => Ok(py.None().into_bound(py)),
+        Some(rendered) => Ok((
+            to_py(py, &rendered)?,
+            manifest::needs_api_resolution(&rendered),
+        )),
+        None => Ok((py.None().into_bound(py), false)),
     }
-}
-
-/// Whether the data still holds block references or `prefect.*` placeholders for the API.
-#[pyfunction]
-fn needs_api_resolution(value: &Bound<'_, PyAny>) -> PyResult<bool> {
-    Ok(manifest::needs_api_resolution(&to_value(
-        value,
-        "the job configuration",
-    )?))
 }
 
 /// Validates a rendered Job manifest; returns it with the metadata defaults filled in.
@@ -155,7 +151,6 @@ fn split_command(py: Python<'_>, command: &str) -> PyResult<Vec<String>> {
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     module.add_function(wrap_pyfunction!(render_template, module)?)?;
-    module.add_function(wrap_pyfunction!(needs_api_resolution, module)?)?;
     module.add_function(wrap_pyfunction!(validate_job_manifest, module)?)?;
     module.add_function(wrap_pyfunction!(prepare_job_manifest, module)?)?;
     module.add_function(wrap_pyfunction!(default_job_manifest_template, module)?)?;

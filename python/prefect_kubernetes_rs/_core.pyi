@@ -10,7 +10,6 @@ from typing import Any
 __all__ = [
     "__version__",
     "default_job_manifest_template",
-    "needs_api_resolution",
     "prepare_job_manifest",
     "render_template",
     "slugify_label_key",
@@ -22,19 +21,18 @@ __all__ = [
 
 __version__: str
 
-def render_template(template: Any, values: dict[str, Any]) -> Any:
-    """Render `template` with `values` by Prefect's `{{ placeholder }}` rules.
+def render_template(template: Any, values: dict[str, Any]) -> tuple[Any, bool]:
+    """Render `template` with `values` by Prefect's `{{ placeholder }}` rules; return
+    `(rendered, needs_api_resolution)`.
 
     A string that is exactly one placeholder becomes the value (any JSON type); a missing value
     removes the key or list item holding it; placeholders inside other text become Python's
     `str()` of the value; `{{ $NAME }}` reads the process environment. Block and
     `prefect.variables` placeholders are left as they are. Returns None where Prefect returns
-    `NotSet` (the whole template was one missing placeholder).
+    `NotSet` (the whole template was one missing placeholder). `needs_api_resolution` tells
+    whether `$ref` block references or `prefect.blocks.*` / `prefect.variables.*` placeholders
+    remain, which only the Prefect API can resolve.
     """
-
-def needs_api_resolution(value: Any) -> bool:
-    """Whether `value` holds `$ref` block references or `prefect.blocks.*` /
-    `prefect.variables.*` placeholders that only the Prefect API can resolve."""
 
 def validate_job_manifest(job_manifest: Any, namespace: str) -> dict[str, Any]:
     """Check that `job_manifest` is a Job a flow can run in; return it with `metadata`,

@@ -212,8 +212,8 @@ class KubernetesWorkerJobConfiguration(BaseJobConfiguration):
         if isinstance(configuration.get("env"), dict) and variables.get("env"):
             configuration["env"] = configuration["env"] | variables["env"]
 
-        rendered = _core.render_template(configuration, variables)
-        if _core.needs_api_resolution(rendered):
+        rendered, needs_api_resolution = _core.render_template(configuration, variables)
+        if needs_api_resolution:
             rendered = await resolve_block_document_references(template=rendered, client=client)
             rendered = await resolve_variables(template=rendered, client=client)
         return cls(**rendered)
