@@ -77,6 +77,18 @@ bench: install ## Benchmarks against prefect-kubernetes, written to bench/result
 wheel: $(STAMP)-venv ## Build the release wheel into dist/
 	$(BIN)/maturin build --release --out dist
 
+.PHONY: cluster-up
+cluster-up: ## Start the local Kubernetes testbed (builds the control plane once, ~5 min); prints the kubeconfig path
+	tests/testbed/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop everything cluster-up started
+	tests/testbed/cluster.sh down
+
+.PHONY: cluster-status
+cluster-status: ## Is the testbed up?
+	tests/testbed/cluster.sh status
+
 .PHONY: clean
 clean: ## Remove build outputs (keeps the venv and the control-plane cache)
 	cargo clean

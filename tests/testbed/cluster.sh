@@ -1,0 +1,462 @@
+#!/usr/bin/env bash
+# Start, stop and inspect a local Kubernetes v1.20 control plane (etcd, kube-apiserver,
+# kube-controller-manager) bound to 127.0.0.1 on free ports. No kubelet, no scheduler: the
+# project's fake kubelet plays the node.
+#
+#   cluster.sh up       build (cached) the binaries, start a fresh stack, write kubeconfigs
+#   cluster.sh down     stop exactly the processes `up` started (SIGTERM, then SIGKILL)
+#   cluster.sh status   print whether the stack is up; exit 0 if up, 1 if not
+#
+# Environment:
+#   PKR_CLUSTER_DIR     state dir (default: <repo>/.cluster): kubeconfig, kubeconfig-narrow,
+#                       cluster.env, pids, logs/, pki/, etcd data
+#   PKR_CACHE           binary cache root, as for build-control-plane.sh
+#   PKR_BIN_DIR         use kube-apiserver/kube-controller-manager from this dir instead
+#   PKR_SKIP_BUILD=1    do not call build-control-plane.sh (fail if the binaries are missing)
+#   PKR_UP_TIMEOUT      seconds to wait for readiness (default: 90)
+set -euo pipefail
+
+readonly K8S_VERSION="v1.20.2"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
+STATE_DIR="${PKR_CLUSTER_DIR:-$REPO_ROOT/.cluster}"
+CACHE_ROOT="${PKR_CACHE:-$HOME/.cache/prefect-kubernetes-rs}"
+BIN_DIR="${PKR_BIN_DIR:-$CACHE_ROOT/k8s-$K8S_VERSION/bin}"
+UP_TIMEOUT="${PKR_UP_TIMEOUT:-90}"
+
+PIDS_FILE="$STATE_DIR/pids"
+LOG_DIR="$STATE_DIR/logs"
+PKI_DIR="$STATE_DIR/pki"
+ENV_FILE="$STATE_DIR/cluster.env"
+KUBECONFIG_ADMIN="$STATE_DIR/kubeconfig"
+KUBECONFIG_NARROW="$STATE_DIR/kubeconfig-narrow"
+KUBECONFIG_KCM="$STATE_DIR/kubeconfig-controller-manager"
+NARROW_USER="pkr-narrow"
+FEATURE_GATES="TTLAfterFinished=true"
+SERVICE_CIDR="10.96.0.0/16"
+SERVICE_IP="10.96.0.1"   # first IP of SERVICE_CIDR: the `kubernetes` Service
+
+log() { printf '[%s] cluster: %s\n' "$(date '+%H:%M:%S')" "$*"; }
+die() {
+    printf '[%s] cluster: ERROR: %s\n' "$(date '+%H:%M:%S')" "$*" >&2
+    exit 1
+}
+
+# --- processes ---------------------------------------------------------------------------------
+
+# A pid from the pids file counts only while it still runs the binary we started (the kernel
+# may have reused the number for something else since).
+pid_matches() {
+    local pid="$1" exe="$2"
+    [[ -e "/proc/$pid" ]] || return 1
+    [[ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" == "$exe" ]]
+}
+
+# Print "<name> <pid> <exe>" for each recorded process that is still ours and alive.
+live_processes() {
+    [[ -f "$PIDS_FILE" ]] || return 0
+    local name pid exe
+    while read -r name pid exe; do
+        [[ -n "${exe:-}" ]] || continue
+        if pid_matches "$pid" "$exe"; then
+            printf '%s %s %s\n' "$name" "$pid" "$exe"
+        fi
+    done <"$PIDS_FILE"
+}
+
+# start <name> <binary> <args...>: run detached (own session, stdin closed), log to logs/<name>.log
+start() {
+    local name="$1" bin="$2"
+    shift 2
+    local exe
+    exe="$(readlink -f "$bin")"
+    local pidfile="$STATE_DIR/.$name.pid"
+    rm -f "$pidfile"
+    # The child writes its own pid before exec'ing, so the recorded pid is the binary itself.
+    # shellcheck disable=SC2016  # $$ and $0 belong to the inner shell
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$exe" "$@" \
+        </dev/null >"$LOG_DIR/$name.log" 2>&1 &
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -s "$pidfile" ]] && break
+        sleep 0.1
+    done
+    [[ -s "$pidfile" ]] || die "$name did not start (log: $LOG_DIR/$name.log)"
+    local pid
+    pid="$(<"$pidfile")"
+    rm -f "$pidfile"
+    printf '%s %s %s\n' "$name" "$pid" "$exe" >>"$PIDS_FILE"
+    log "started $name (pid $pid, log $LOG_DIR/$name.log)"
+}
+
+# Stop every recorded process, newest first: SIGTERM, then SIGKILL after a grace period.
+stop_all() {
+    local grace="${1:-5}"
+    [[ -f "$PIDS_FILE" ]] || return 0
+    local lines=() line name pid exe
+    mapfile -t lines < <(tac "$PIDS_FILE")
+    for line in "${lines[@]}"; do
+        read -r name pid exe <<<"$line"
+        [[ -n "${exe:-}" ]] || continue
+        pid_matches "$pid" "$exe" || continue
+        log "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        local deadline=$((SECONDS + grace))
+        while pid_matches "$pid" "$exe" && ((SECONDS < deadline)); do
+            sleep 0.2
+        done
+        if pid_matches "$pid" "$exe"; then
+            log "$name (pid $pid) ignored SIGTERM for ${grace}s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            while pid_matches "$pid" "$exe"; do sleep 0.1; done
+        fi
+    done
+    rm -f "$PIDS_FILE"
+}
+
+# Print the tail of a component's log and fail.
+fail_with_log() {
+    local name="$1" msg="$2"
+    {
+        printf '%s\n' "----- last 25 lines of $LOG_DIR/$name.log -----"
+        tail -n 25 "$LOG_DIR/$name.log" 2>/dev/null || true
+        printf '%s\n' "-----"
+    } >&2
+    stop_all 3 >&2
+    die "$msg"
+}
+
+is_alive() {
+    local name="$1" n
+    while read -r n _; do
+        [[ "$n" == "$name" ]] && return 0
+    done < <(live_processes)
+    return 1
+}
+
+# --- setup helpers -----------------------------------------------------------------------------
+
+free_ports() {
+    # Bind all at once so the ports are distinct; the kernel picks unused ones.
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+gen_pki() {
+    mkdir -p "$PKI_DIR"
+    local cnf="$PKI_DIR/openssl.cnf"
+    cat >"$cnf" <<EOF
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign, digitalSignature
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+subjectAltName = IP:127.0.0.1, IP:$SERVICE_IP, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
+EOF
+    (
+        cd "$PKI_DIR"
+        umask 077
+        openssl genrsa -out ca.key 2048
+        openssl req -x509 -new -key ca.key -sha256 -days 3650 -config "$cnf" -extensions ca \
+            -subj "/CN=prefect-kubernetes-rs testbed CA" -out ca.crt
+        openssl genrsa -out apiserver.key 2048
+        openssl req -new -key apiserver.key -config "$cnf" -subj "/CN=kube-apiserver" -out apiserver.csr
+        openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 \
+            -days 3650 -extfile "$cnf" -extensions server -out apiserver.crt
+        # Service account token signing key pair.
+        openssl genrsa -out sa.key 2048
+        openssl rsa -in sa.key -pubout -out sa.pub
+        chmod 0644 ca.crt apiserver.crt sa.pub
+    ) >"$LOG_DIR/pki.log" 2>&1 || { cat "$LOG_DIR/pki.log" >&2; die "certificate generation failed"; }
+}
+
+write_kubeconfig() {
+    local path="$1" user="$2" token="$3" server="$4" ca_data
+    ca_data="$(base64 -w0 <"$PKI_DIR/ca.crt")"
+    (
+        umask 077
+        cat >"$path" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: pkr-testbed
+  cluster:
+    server: $server
+    certificate-authority-data: $ca_data
+users:
+- name: $user
+  user:
+    token: $token
+contexts:
+- name: pkr-testbed
+  context:
+    cluster: pkr-testbed
+    user: $user
+    namespace: default
+current-context: pkr-testbed
+EOF
+    )
+}
+
+# api <method> <path> [json-body]: call the apiserver as admin, print the body, fail on HTTP >= 400
+api() {
+    local method="$1" path="$2" body="${3:-}"
+    local args=(-sS --max-time 10 --cacert "$PKI_DIR/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN"
+        -X "$method" -w '\n%{http_code}')
+    [[ -n "$body" ]] && args+=(-H "Content-Type: application/json" --data-binary "$body")
+    local out code
+    out="$(curl "${args[@]}" "$SERVER$path")" || return 1
+    code="${out##*$'\n'}"
+    printf '%s\n' "${out%$'\n'*}"
+    ((code < 400))
+}
+
+# Role + RoleBinding for the narrow user: batch jobs (all verbs), read pods and their logs, list
+# and watch events; nothing cluster-scoped, no secrets.
+create_narrow_rbac() {
+    api POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles "$(cat <<EOF
+{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role",
+ "metadata":{"name":"$NARROW_USER","namespace":"default"},
+ "rules":[
+  {"apiGroups":["batch"],"resources":["jobs","jobs/status"],"verbs":["*"]},
+  {"apiGroups":[""],"resources":["pods","pods/log"],"verbs":["get","list","watch"]},
+  {"apiGroups":["","events.k8s.io"],"resources":["events"],"verbs":["list","watch"]}
+ ]}
+EOF
+)" >/dev/null || die "cannot create Role $NARROW_USER"
+    api POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings "$(cat <<EOF
+{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding",
+ "metadata":{"name":"$NARROW_USER","namespace":"default"},
+ "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"$NARROW_USER"},
+ "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"$NARROW_USER"}]}
+EOF
+)" >/dev/null || die "cannot create RoleBinding $NARROW_USER"
+}
+
+# wait_for <name> <what> <command...>: poll until the command succeeds, the process dies or time runs out
+wait_for() {
+    local name="$1" what="$2"
+    shift 2
+    local deadline=$((SECONDS + UP_TIMEOUT))
+    until "$@" >/dev/null 2>&1; do
+        is_alive "$name" || fail_with_log "$name" "$name exited while waiting for $what"
+        ((SECONDS < deadline)) || fail_with_log "$name" "timed out after ${UP_TIMEOUT}s waiting for $what"
+        sleep 0.2
+    done
+}
+
+# Probes for wait_for (shellcheck cannot see calls through "$@").
+# shellcheck disable=SC2317
+etcd_healthy() { [[ "$(curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health")" == *'"health":"true"'* ]]; }
+apiserver_ready() {
+    [[ "$(curl -sf --max-time 2 --cacert "$PKI_DIR/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" "$SERVER/readyz")" == ok ]]
+}
+# shellcheck disable=SC2317
+kcm_healthy() { [[ "$(curl -sfk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz")" == ok ]]; }
+# shellcheck disable=SC2317
+default_sa_exists() { api GET /api/v1/namespaces/default/serviceaccounts/default; }
+
+# --- commands ----------------------------------------------------------------------------------
+
+cmd_up() {
+    local t0=$SECONDS
+    if [[ -n "$(live_processes)" ]]; then
+        if cmd_status >/dev/null 2>&1; then
+            log "already up"
+            cmd_status
+            return 0
+        fi
+        log "a previous stack is half up: stopping it first"
+        stop_all
+    fi
+
+    if [[ "${PKR_SKIP_BUILD:-0}" != "1" && -z "${PKR_BIN_DIR:-}" ]]; then
+        "$SCRIPT_DIR/build-control-plane.sh" >&2 \
+            || die "build-control-plane.sh failed; see its output above"
+    fi
+    local c
+    for c in kube-apiserver kube-controller-manager; do
+        [[ -x "$BIN_DIR/$c" ]] \
+            || die "$BIN_DIR/$c is missing: run $SCRIPT_DIR/build-control-plane.sh first"
+    done
+    for c in etcd openssl curl python3; do
+        command -v "$c" >/dev/null || die "'$c' not found (build-control-plane.sh installs etcd and openssl)"
+    done
+    local etcd_bin
+    etcd_bin="$(command -v etcd)"
+
+    # A fresh cluster every time: wipe the previous state but keep nothing running from it.
+    rm -rf "$STATE_DIR/etcd" "$PKI_DIR" "$LOG_DIR" "$PIDS_FILE" "$ENV_FILE" \
+        "$KUBECONFIG_ADMIN" "$KUBECONFIG_NARROW" "$KUBECONFIG_KCM" "$STATE_DIR/tokens.csv"
+    mkdir -p "$STATE_DIR" "$LOG_DIR"
+    # Keep the state dir out of git without touching the repository's .gitignore.
+    [[ -f "$STATE_DIR/.gitignore" ]] || printf '*\n' >"$STATE_DIR/.gitignore"
+
+    local ports
+    ports="$(free_ports 4)" || die "cannot pick free ports"
+    read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT <<<"$ports"
+    SERVER="https://127.0.0.1:$API_PORT"
+    ADMIN_TOKEN="$(openssl rand -hex 24)"
+    local kcm_token narrow_token
+    kcm_token="$(openssl rand -hex 24)"
+    narrow_token="$(openssl rand -hex 24)"
+
+    gen_pki
+    (
+        umask 077
+        printf '%s,%s,%s,"%s"\n' \
+            "$ADMIN_TOKEN" pkr-admin pkr-admin system:masters \
+            "$kcm_token" system:kube-controller-manager system:kube-controller-manager system:masters \
+            "$narrow_token" "$NARROW_USER" "$NARROW_USER" pkr-testers \
+            >"$STATE_DIR/tokens.csv"
+    )
+    write_kubeconfig "$KUBECONFIG_ADMIN" pkr-admin "$ADMIN_TOKEN" "$SERVER"
+    write_kubeconfig "$KUBECONFIG_NARROW" "$NARROW_USER" "$narrow_token" "$SERVER"
+    write_kubeconfig "$KUBECONFIG_KCM" system:kube-controller-manager "$kcm_token" "$SERVER"
+
+    log "starting etcd on 127.0.0.1:$ETCD_PORT"
+    start etcd "$etcd_bin" \
+        --name=pkr-testbed \
+        --data-dir="$STATE_DIR/etcd" \
+        --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
+        --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster="pkr-testbed=http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster-state=new
+    wait_for etcd "etcd /health" etcd_healthy
+
+    log "starting kube-apiserver on $SERVER"
+    start kube-apiserver "$BIN_DIR/kube-apiserver" \
+        --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+        --bind-address=127.0.0.1 \
+        --advertise-address=127.0.0.1 \
+        --secure-port="$API_PORT" \
+        --insecure-port=0 \
+        --cert-dir="$PKI_DIR/apiserver-selfsigned" \
+        --tls-cert-file="$PKI_DIR/apiserver.crt" \
+        --tls-private-key-file="$PKI_DIR/apiserver.key" \
+        --client-ca-file="$PKI_DIR/ca.crt" \
+        --token-auth-file="$STATE_DIR/tokens.csv" \
+        --authorization-mode=RBAC \
+        --service-account-key-file="$PKI_DIR/sa.pub" \
+        --service-account-signing-key-file="$PKI_DIR/sa.key" \
+        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+        --service-cluster-ip-range="$SERVICE_CIDR" \
+        --endpoint-reconciler-type=none \
+        --disable-admission-plugins=ServiceAccount \
+        --kubelet-preferred-address-types=InternalIP \
+        --allow-privileged=true \
+        --feature-gates="$FEATURE_GATES"
+    wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
+    log "kube-apiserver ready after $((SECONDS - t0))s"
+
+    create_narrow_rbac
+
+    log "starting kube-controller-manager"
+    start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
+        --kubeconfig="$KUBECONFIG_KCM" \
+        --authentication-kubeconfig="$KUBECONFIG_KCM" \
+        --authorization-kubeconfig="$KUBECONFIG_KCM" \
+        --bind-address=127.0.0.1 \
+        --secure-port="$KCM_PORT" \
+        --port=0 \
+        --cert-dir="$PKI_DIR/controller-manager-selfsigned" \
+        --leader-elect=false \
+        --controllers=job,garbagecollector,namespace,serviceaccount,serviceaccount-token,ttl-after-finished \
+        --service-account-private-key-file="$PKI_DIR/sa.key" \
+        --root-ca-file="$PKI_DIR/ca.crt" \
+        --feature-gates="$FEATURE_GATES"
+    wait_for kube-controller-manager "kube-controller-manager /healthz" kcm_healthy
+    # The serviceaccount controller creating `default` proves the controllers are running.
+    wait_for kube-controller-manager "the default ServiceAccount" default_sa_exists
+
+    cat >"$ENV_FILE" <<EOF
+# Written by cluster.sh up; source it to reach the testbed.
+PKR_KUBECONFIG=$KUBECONFIG_ADMIN
+PKR_KUBECONFIG_NARROW=$KUBECONFIG_NARROW
+PKR_APISERVER_URL=$SERVER
+PKR_APISERVER_PORT=$API_PORT
+PKR_ETCD_URL=http://127.0.0.1:$ETCD_PORT
+PKR_CONTROLLER_MANAGER_PORT=$KCM_PORT
+PKR_CA_FILE=$PKI_DIR/ca.crt
+PKR_BIN_DIR=$BIN_DIR
+EOF
+    log "up in $((SECONDS - t0))s: etcd :$ETCD_PORT, apiserver :$API_PORT, controller-manager :$KCM_PORT"
+    log "kubeconfig (admin):  $KUBECONFIG_ADMIN"
+    log "kubeconfig (narrow): $KUBECONFIG_NARROW"
+    echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+}
+
+cmd_down() {
+    if [[ ! -f "$PIDS_FILE" ]]; then
+        log "not running (no $PIDS_FILE)"
+        return 0
+    fi
+    stop_all 5
+    log "down (logs kept in $LOG_DIR)"
+}
+
+cmd_status() {
+    local live expected=3 n=0 name pid exe
+    live="$(live_processes)"
+    [[ -n "$live" ]] && n="$(wc -l <<<"$live")"
+    if ((n == 0)); then
+        echo "down"
+        return 1
+    fi
+    while read -r name pid exe; do
+        echo "  $name pid $pid"
+    done <<<"$live"
+    local server=""
+    [[ -f "$ENV_FILE" ]] && server="$(sed -n 's/^PKR_APISERVER_URL=//p' "$ENV_FILE")"
+    ADMIN_TOKEN="$(sed -n 's/^ *token: //p' "$KUBECONFIG_ADMIN" 2>/dev/null || true)"
+    SERVER="$server"
+    if ((n == expected)) && [[ -n "$server" ]] && apiserver_ready; then
+        echo "up: $server"
+        echo "kubeconfig: $KUBECONFIG_ADMIN"
+        echo "kubeconfig-narrow: $KUBECONFIG_NARROW"
+        return 0
+    fi
+    echo "degraded: $n of $expected processes running${server:+, apiserver $server not ready}"
+    echo "kubeconfig: $KUBECONFIG_ADMIN"
+    return 1
+}
+
+usage() {
+    # The header comment, without the leading "# ".
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+
+main() {
+    case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    -h | --help | help) usage ;;
+    *)
+        usage >&2
+        exit 2
+        ;;
+    esac
+}
+
+main "$@"
+exit $?
