@@ -70,7 +70,10 @@ def run_objects() -> dict[str, Any]:
 
 
 async def configure_once(
-    configuration_class: type, objects: dict[str, Any], client: Any, job_variables: dict | None = None
+    configuration_class: type,
+    objects: dict[str, Any],
+    client: Any,
+    job_variables: dict | None = None,
 ) -> Any:
     configuration = await configuration_class.from_template_and_values(
         objects["work_pool"].base_job_template,

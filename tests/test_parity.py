@@ -105,6 +105,29 @@ def extra_fields(manifest: dict) -> None:
     manifest["spec"]["template"]["metadata"] = {"labels": {"sidecar.istio.io/inject": "false"}}
 
 
+def no_backoff_limit(manifest: dict) -> None:
+    del manifest["spec"]["backoffLimit"]
+
+
+def namespace_in_manifest(manifest: dict) -> None:
+    manifest["metadata"]["namespace"] = "hard-coded"
+
+
+def command_as_list(manifest: dict) -> None:
+    pod_spec(manifest)["containers"][0]["args"] = ["python", "-m", "my.flow"]
+
+
+def env_placeholder_in_list(manifest: dict) -> None:
+    pod_spec(manifest)["containers"][0]["env"] = [
+        {"name": "FROM_VARIABLE", "value": "{{ image }}"},
+        {"name": "LITERAL", "value": "x"},
+    ]
+
+
+def generate_name_with_text(manifest: dict) -> None:
+    manifest["metadata"]["generateName"] = "team-{{ name }}-"
+
+
 CASES: dict[str, tuple[dict, dict]] = {
     "defaults": (ORACLE_TEMPLATE, {}),
     "our-default-template": (OUR_TEMPLATE, {}),
