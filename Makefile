@@ -40,25 +40,34 @@ $(STAMP)-build: $(STAMP)-venv $(RUST_SOURCES) $(PY_SOURCES) pyproject.toml
 .PHONY: install
 install: $(STAMP)-build ## Create the venv, build the Rust core, install the package (editable)
 
+.PHONY: testbed
+testbed: ## Build the Kubernetes testbed: control plane (cached, ~5 min once), fake kubelet, fault proxy
+	tests/testbed/build-control-plane.sh
+	cargo build --locked --release -p pkr-fake-kubelet -p pkr-fault-proxy
+
 .PHONY: test
-test: install ## Everything: Rust unit tests, Python tests (parity with prefect-kubernetes included)
-	@echo "==> cargo test"
-	cargo test --locked --quiet
+test: install testbed ## Everything: Rust and Python tests, parity, the testbed and the Job lifecycle on it
+	@echo "==> cargo test (workspace)"
+	cargo test --locked --workspace --quiet
 	@echo "==> pytest"
 	$(BIN)/python -m pytest -q
 
 .PHONY: test-rust
-test-rust: ## Rust unit tests only
-	cargo test --locked
+test-rust: ## Rust unit tests only (whole workspace)
+	cargo test --locked --workspace
 
 .PHONY: test-python
-test-python: install ## Python tests only
+test-python: install testbed ## Python tests only
 	$(BIN)/python -m pytest -q
+
+.PHONY: test-fast
+test-fast: install ## Python tests that need no cluster (templating, parity, install)
+	$(BIN)/python -m pytest -q -m "not cluster"
 
 .PHONY: lint
 lint: $(STAMP)-venv install ## rustfmt, clippy -D warnings, ruff, and the _core.pyi stub check
 	cargo fmt --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 	$(BIN)/ruff check python tests bench
 	$(BIN)/ruff format --check python tests bench
 	$(BIN)/python -m mypy.stubtest prefect_kubernetes_rs._core

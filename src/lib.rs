@@ -3,7 +3,9 @@
 //! This file only registers the module. Each binding converts its arguments, calls one domain
 //! function and converts the result; the logic lives in [`manifest`].
 
+pub mod k8s;
 pub mod manifest;
+mod py_k8s;
 mod python_errors;
 
 use manifest::{ManifestError, RunSettings};
@@ -149,7 +151,14 @@ fn split_command(py: Python<'_>, command: &str) -> PyResult<Vec<String>> {
 
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Rust's log records (kube-rs, the watchers) go to Python's `logging`, under the Rust
+    // module path (e.g. `prefect_kubernetes_rs._core.k8s.watch`... see pyo3-log).
+    let _ = pyo3_log::try_init();
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add_class::<py_k8s::KubernetesClients>()?;
+    module.add_class::<py_k8s::ClusterHandle>()?;
+    module.add_class::<py_k8s::RunWatch>()?;
+    module.add_class::<py_k8s::RunEvents>()?;
     module.add_function(wrap_pyfunction!(render_template, module)?)?;
     module.add_function(wrap_pyfunction!(validate_job_manifest, module)?)?;
     module.add_function(wrap_pyfunction!(prepare_job_manifest, module)?)?;

@@ -37,3 +37,33 @@ fn raise_as(py: Python<'_>, class_name: &str, message: String) -> PyErr {
         Err(_) => PyValueError::new_err(message),
     }
 }
+
+/// Raises a Kubernetes problem as the matching `prefect_kubernetes_rs.exceptions` class, with
+/// the API's status code, reason and message as attributes for the worker's error mapping.
+pub fn k8s_error(error: crate::k8s::K8sError) -> PyErr {
+    use crate::k8s::K8sError;
+    Python::attach(|py| {
+        let class_name = match &error {
+            K8sError::Config { .. } => "ClusterConfigError",
+            K8sError::Unreachable { .. } | K8sError::Transport { .. } => "ClusterUnreachableError",
+            K8sError::Api { .. } | K8sError::Unexpected { .. } => "KubernetesApiError",
+        };
+        let raised = raise_as(py, class_name, error.to_string());
+        let value = raised.value(py);
+        // Attributes are best effort: the message above already says everything.
+        let _ = match &error {
+            K8sError::Config { source_name, .. } => value.setattr("source_name", source_name),
+            K8sError::Api {
+                code,
+                reason,
+                message,
+                ..
+            } => value
+                .setattr("status_code", code)
+                .and_then(|()| value.setattr("reason", reason))
+                .and_then(|()| value.setattr("api_message", message)),
+            _ => Ok(()),
+        };
+        raised
+    })
+}

@@ -58,3 +58,16 @@ def work_pool() -> WorkPool:
         type="kubernetes-rs",
         base_job_template=KubernetesWorker.get_default_base_job_template(),
     )
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory):
+    """A real Kubernetes control plane, the fake kubelet and the fault proxy, per session."""
+    from testbed_support import Testbed
+
+    bed = Testbed(tmp_path_factory.mktemp("testbed") / "cluster")
+    try:
+        bed.start()
+        yield bed
+    finally:
+        bed.stop()

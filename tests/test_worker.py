@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 
-import pytest
 from prefect.plugins import load_prefect_collections
 from prefect.workers.base import BaseWorker
 
 from prefect_kubernetes_rs.settings import KubernetesRsSettings
-from prefect_kubernetes_rs.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
+from prefect_kubernetes_rs.worker import KubernetesWorker
 
 
 def test_prefect_finds_the_worker_type_through_its_plugin_entry_point():
@@ -58,19 +57,3 @@ def test_settings_defaults_match_the_python_worker(monkeypatch):
     assert retry.jitter_max_seconds == 3
     assert settings.worker.create_secret_for_api_key is False
     assert settings.cluster_uid is None
-
-
-async def test_run_refuses_loudly_until_the_job_lifecycle_exists(flow_run):
-    configuration = KubernetesWorkerJobConfiguration(
-        job_manifest={
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "spec": {"template": {"spec": {"parallelism": 1, "completions": 1,
-                     "restartPolicy": "Never", "containers": [{"name": "prefect-job"}]}}},
-        }
-    )  # fmt: skip
-    worker = KubernetesWorker(work_pool_name="unused")
-    with pytest.raises(NotImplementedError, match="Nothing was created in the cluster"):
-        await worker.run(flow_run, configuration)
-    with pytest.raises(NotImplementedError, match="left as it is"):
-        await worker.kill_infrastructure("ns:job", configuration)

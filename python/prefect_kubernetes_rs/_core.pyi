@@ -5,9 +5,14 @@ booleans, None). Problems with the data raise `prefect_kubernetes_rs.exceptions.
 a `ValueError`.
 """
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, final
 
 __all__ = [
+    "ClusterHandle",
+    "KubernetesClients",
+    "RunEvents",
+    "RunWatch",
     "__version__",
     "default_job_manifest_template",
     "prepare_job_manifest",
@@ -76,3 +81,88 @@ def slugify_label_value(value: str) -> str:
 
 def split_command(command: str) -> list[str]:
     """Split `command` into words as a POSIX shell does (Python's `shlex.split`)."""
+
+@final
+class KubernetesClients:
+    """The Kubernetes clients of one worker: one per distinct cluster configuration, kept for
+    the worker's lifetime, with the shared job and pod watchers of each namespace."""
+
+    def __new__(cls) -> KubernetesClients: ...
+    def connect(
+        self, kubeconfig: dict[str, Any] | None = None, context: str | None = None
+    ) -> Awaitable[ClusterHandle]:
+        """The cluster of a kubeconfig and context; without one, the in-cluster service account
+        else the default kubeconfig. Raises ClusterConfigError naming the source."""
+
+    def close(self) -> Awaitable[None]:
+        """Stop every watcher and forget every client."""
+
+@final
+class ClusterHandle:
+    """One connected cluster."""
+
+    @property
+    def source_name(self) -> str:
+        """Where the configuration came from."""
+
+    @property
+    def server(self) -> str:
+        """The API server's URL."""
+
+    def watch_run(self, namespace: str, flow_run_id: str) -> Awaitable[RunWatch]:
+        """Subscribe to a flow run's Jobs and pods (before creating its Job)."""
+
+    def create_job(
+        self,
+        namespace: str,
+        manifest: dict[str, Any],
+        flow_run_id: str,
+        max_attempts: int = 3,
+        delay_seconds: float = 1.0,
+        jitter_min_seconds: float = 0.0,
+        jitter_max_seconds: float = 3.0,
+    ) -> Awaitable[dict[str, Any]]:
+        """Create the Job (retrying only this call; adopting a Job an ambiguous attempt made);
+        returns `{name, namespace, uid, adopted, attempts}`. Raises KubernetesApiError or
+        ClusterUnreachableError."""
+
+    def find_run_job(self, namespace: str, flow_run_id: str) -> Awaitable[dict[str, Any] | None]:
+        """The newest live Job of a flow run."""
+
+    def delete_job(
+        self, namespace: str, name: str, grace_seconds: int | None = None
+    ) -> Awaitable[bool]:
+        """Delete a Job with Foreground propagation; False when it did not exist."""
+
+    def cluster_uid(self) -> Awaitable[tuple[str | None, str | None]]:
+        """`(uid, None)` of the kube-system namespace, or `(None, reason)`; read once."""
+
+    def watch_stats(self, namespace: str) -> tuple[int, int, int]:
+        """`(job watches opened, pod watches opened, resyncs)` of a namespace's watchers."""
+
+@final
+class RunWatch:
+    """A run's subscription to the shared watchers."""
+
+    def follow(
+        self,
+        job_name: str,
+        pod_watch_timeout_seconds: float = 60.0,
+        job_watch_timeout_seconds: float | None = None,
+        stream_output: bool = True,
+    ) -> RunEvents:
+        """Follow the Job to its end."""
+
+    def close(self) -> None:
+        """Drop the subscription without following."""
+
+@final
+class RunEvents:
+    """Async iterator of event batches: lists of dicts with `kind` `log` (`lines`), `message`
+    (`level`, `text`), `pod` (`name`, `uid`, `phase`, `evicted`, `reason`) or `finished`
+    (`exit_code`, `message`, `evicted`), the last."""
+
+    def __aiter__(self) -> RunEvents: ...
+    def __anext__(self) -> Awaitable[list[dict[str, Any]]]: ...
+    def close(self) -> None:
+        """Stop following; the Job is left as it is."""

@@ -14,3 +14,24 @@ class KubernetesRsError(Exception):
 
 class ManifestError(KubernetesRsError, ValueError):
     """A job template, job manifest or job variable that cannot make a valid Kubernetes Job."""
+
+
+class ClusterConfigError(KubernetesRsError):
+    """The Kubernetes configuration (kubeconfig, context, in-cluster account) cannot be used."""
+
+    source_name: str | None = None
+
+
+class ClusterUnreachableError(KubernetesRsError):
+    """The Kubernetes API server did not answer (refused, TLS failure, timeout, reset)."""
+
+
+class KubernetesApiError(KubernetesRsError):
+    """The Kubernetes API server refused or failed a request.
+
+    `status_code`, `reason` (e.g. `Forbidden`) and `api_message` carry the API's answer.
+    """
+
+    status_code: int | None = None
+    reason: str | None = None
+    api_message: str | None = None

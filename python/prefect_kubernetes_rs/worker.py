@@ -22,11 +22,18 @@ To migrate code written against `prefect-kubernetes`, change the import:
 from __future__ import annotations
 
 import functools
+import sys
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.abc
 import prefect
 from prefect.client.schemas.objects import Flow as APIFlow
+from prefect.events import emit_event
+from prefect.exceptions import (
+    InfrastructureError,
+    InfrastructureNotAvailable,
+    InfrastructureNotFound,
+)
 from prefect.settings.context import get_current_settings
 from prefect.utilities.collections import deep_merge, set_in_dict
 from prefect.utilities.dockerutils import get_prefect_image_name
@@ -41,7 +48,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from typing_extensions import Self
 
 from prefect_kubernetes_rs import _core
-from prefect_kubernetes_rs.exceptions import ManifestError
+from prefect_kubernetes_rs.exceptions import (
+    ClusterConfigError,
+    ClusterUnreachableError,
+    KubernetesApiError,
+    ManifestError,
+)
+from prefect_kubernetes_rs.settings import KubernetesRsSettings
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -382,16 +395,141 @@ class KubernetesWorker(
     )
     _display_name = "Kubernetes (Rust)"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One set of clients (and shared watchers) for the worker's lifetime.
+        self._kubernetes = _core.KubernetesClients()
+
+    async def teardown(self, *exc_info: Any) -> None:
+        await super().teardown(*exc_info)
+        await self._kubernetes.close()
+
+    async def _cluster(self, configuration: KubernetesWorkerJobConfiguration) -> Any:
+        """The connected cluster of this configuration (cached per distinct kubeconfig)."""
+        cluster_config = configuration.cluster_config
+        try:
+            if cluster_config is None:
+                return await self._kubernetes.connect()
+            return await self._kubernetes.connect(
+                cluster_config.config, cluster_config.context_name
+            )
+        except ClusterConfigError as error:
+            raise InfrastructureNotAvailable(str(error)) from error
+
     async def run(
         self,
         flow_run: FlowRun,
         configuration: KubernetesWorkerJobConfiguration,
-        task_status: anyio.abc.TaskStatus[int] | None = None,
+        task_status: anyio.abc.TaskStatus[Any] | None = None,
     ) -> KubernetesWorkerResult:
-        raise NotImplementedError(
-            "prefect-kubernetes-rs cannot submit flow runs yet: the Kubernetes Job lifecycle "
-            "(create, watch, logs) is not built. Nothing was created in the cluster."
-        )
+        """Create the flow run's Job, report its pid, follow it to the end, return its exit code."""
+        logger = self.get_flow_run_logger(flow_run)
+        cluster = await self._cluster(configuration)
+        namespace = configuration.namespace
+        # Subscribe before creating the Job, so none of its events is missed.
+        run_watch = await cluster.watch_run(namespace, str(flow_run.id))
+        try:
+            logger.info("Creating Kubernetes job...")
+            job = await self._create_job(cluster, configuration, flow_run)
+            pid = await self._infrastructure_pid(cluster, job, logger)
+            logger.info(
+                "Kubernetes job %r %s in namespace %r",
+                job["name"],
+                "found (created by an earlier attempt)" if job["adopted"] else "created",
+                job["namespace"],
+            )
+            if task_status is not None:
+                task_status.started(pid)
+            events = run_watch.follow(
+                job["name"],
+                pod_watch_timeout_seconds=float(configuration.pod_watch_timeout_seconds),
+                job_watch_timeout_seconds=(
+                    float(configuration.job_watch_timeout_seconds)
+                    if configuration.job_watch_timeout_seconds
+                    else None
+                ),
+                stream_output=configuration.stream_output,
+            )
+        finally:
+            run_watch.close()
+        try:
+            outcome = await self._report(events, configuration, logger)
+        finally:
+            events.close()
+        status_code = outcome["exit_code"]
+        if outcome["evicted"] and status_code != 0 and await self._was_rescheduled(flow_run):
+            logger.info("The pod was evicted and the flow run rescheduled itself.")
+            status_code = 0
+        return KubernetesWorkerResult(identifier=pid, status_code=status_code)
+
+    async def _create_job(
+        self, cluster: Any, configuration: KubernetesWorkerJobConfiguration, flow_run: FlowRun
+    ) -> dict[str, Any]:
+        retry = KubernetesRsSettings().worker.create_job_retry
+        try:
+            return await cluster.create_job(
+                configuration.namespace,
+                configuration.job_manifest,
+                str(flow_run.id),
+                max_attempts=retry.max_retries,
+                delay_seconds=float(retry.delay_seconds),
+                jitter_min_seconds=float(retry.jitter_min_seconds),
+                jitter_max_seconds=float(retry.jitter_max_seconds),
+            )
+        except KubernetesApiError as error:
+            raise InfrastructureError(_creation_failure(error, configuration.namespace)) from error
+        except ClusterUnreachableError as error:
+            raise InfrastructureNotAvailable(
+                f"Unable to create Kubernetes job: {error} (cluster {cluster.server}, "
+                f"configured by {cluster.source_name})"
+            ) from error
+
+    async def _infrastructure_pid(self, cluster: Any, job: dict[str, Any], logger: Any) -> str:
+        """`<cluster uid>:<namespace>:<job>`, or `<namespace>:<job>` when the uid is unknown."""
+        cluster_uid = KubernetesRsSettings().cluster_uid
+        if not cluster_uid:
+            cluster_uid, reason = await cluster.cluster_uid()
+            if cluster_uid is None and not self._warned_no_cluster_uid:
+                self._warned_no_cluster_uid = True
+                logger.warning(
+                    "Cannot read the cluster's uid (%s); infrastructure pids will be "
+                    "'<namespace>:<job>'. Set PREFECT_INTEGRATIONS_KUBERNETES_CLUSTER_UID to "
+                    "include one.",
+                    reason,
+                )
+        prefix = f"{cluster_uid}:" if cluster_uid else ""
+        return f"{prefix}{job['namespace']}:{job['name']}"
+
+    _warned_no_cluster_uid = False
+
+    async def _report(
+        self, events: Any, configuration: KubernetesWorkerJobConfiguration, logger: Any
+    ) -> dict[str, Any]:
+        """Print the log, log messages, emit pod events; return the `finished` event."""
+        last_event = None
+        related = self._event_related_resources(configuration=configuration, include_self=True)
+        async for batch in events:
+            for event in batch:
+                kind = event["kind"]
+                if kind == "log":
+                    sys.stdout.write("".join(line + "\n" for line in event["lines"]))
+                    sys.stdout.flush()
+                elif kind == "message":
+                    getattr(logger, event["level"])(event["text"])
+                elif kind == "pod":
+                    last_event = _emit_pod_event(
+                        event, configuration.namespace, related, last_event
+                    )
+                elif kind == "finished":
+                    return event
+        raise InfrastructureError("Lost track of the Kubernetes job before it finished.")
+
+    async def _was_rescheduled(self, flow_run: FlowRun) -> bool:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            current = await client.read_flow_run(flow_run.id)
+        return current.state is not None and current.state.is_scheduled()
 
     async def kill_infrastructure(
         self,
@@ -399,7 +537,70 @@ class KubernetesWorker(
         configuration: KubernetesWorkerJobConfiguration,
         grace_seconds: int = 30,
     ) -> None:
-        raise NotImplementedError(
-            "prefect-kubernetes-rs cannot stop Kubernetes Jobs yet: the Kubernetes Job "
-            f"lifecycle is not built, so Job {infrastructure_pid!r} was left as it is."
-        )
+        """Delete the flow run's Job (and its pods) with the given grace period."""
+        parts = infrastructure_pid.split(":")
+        if len(parts) == 3:
+            cluster_uid, namespace, job_name = parts
+        elif len(parts) == 2:
+            cluster_uid, (namespace, job_name) = None, parts
+        else:
+            raise ValueError(
+                f"Invalid infrastructure pid {infrastructure_pid!r}: expected "
+                "'<cluster uid>:<namespace>:<job>' or '<namespace>:<job>'."
+            )
+        if namespace != configuration.namespace:
+            raise InfrastructureNotAvailable(
+                f"Unable to kill job {job_name!r}: it runs in namespace {namespace!r} but this "
+                f"worker's configuration for the flow run uses namespace "
+                f"{configuration.namespace!r}."
+            )
+        cluster = await self._cluster(configuration)
+        if cluster_uid:
+            current_uid = KubernetesRsSettings().cluster_uid or (await cluster.cluster_uid())[0]
+            if current_uid is not None and current_uid != cluster_uid:
+                raise InfrastructureNotAvailable(
+                    f"Unable to kill job {job_name!r}: it runs on another cluster than this "
+                    "worker's (the cluster uids differ)."
+                )
+        try:
+            found = await cluster.delete_job(namespace, job_name, grace_seconds)
+        except ClusterUnreachableError as error:
+            raise InfrastructureNotAvailable(f"Unable to kill job {job_name!r}: {error}") from error
+        if not found:
+            raise InfrastructureNotFound(
+                f"Unable to kill job {job_name!r}: it was not found in namespace {namespace!r}."
+            )
+        self._logger.info("Deleted Kubernetes job %r in namespace %r", job_name, namespace)
+
+
+def _creation_failure(error: KubernetesApiError, namespace: str) -> str:
+    """The Python worker's wording, with its hints for the usual causes."""
+    message = f"Unable to create Kubernetes job: {error.reason}: {error.api_message}"
+    text = f"{error.reason} {error.api_message}".lower()
+    if "quota" in text or "exceeded" in text:
+        hint = "The namespace's resource quota is used up or too small for this Job."
+    elif error.status_code == 403 or "forbidden" in text:
+        hint = "The worker's Kubernetes identity lacks the RBAC permission to create Jobs here."
+    elif error.status_code == 404 and namespace in (error.api_message or ""):
+        hint = f"Create the namespace {namespace!r} or point the work pool at an existing one."
+    else:
+        return message
+    return f"{message}. Hint: {hint}"
+
+
+def _emit_pod_event(event: dict[str, Any], namespace: str, related: list[Any], follows: Any) -> Any:
+    """Replicate a pod phase change as a `prefect.kubernetes.pod.*` Prefect event."""
+    name = "evicted" if event["evicted"] else event["phase"].lower()
+    resource = {
+        "prefect.resource.id": f"prefect.kubernetes.pod.{event['uid']}",
+        "prefect.resource.name": event["name"],
+        "kubernetes.namespace": namespace,
+    }
+    if event["evicted"] and event["reason"]:
+        resource["kubernetes.reason"] = event["reason"]
+    return emit_event(
+        event=f"prefect.kubernetes.pod.{name}",
+        resource=resource,
+        related=related,
+        follows=follows,
+    )

@@ -1,0 +1,202 @@
+//! Reaching a cluster: one client per distinct configuration, kept for the worker's lifetime.
+
+use crate::k8s::error::{describe_chain, K8sError, Result};
+use crate::k8s::watch::NamespaceWatch;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+
+/// Where the cluster configuration comes from, in the order the worker tries them.
+#[derive(Debug, Clone)]
+pub enum ClusterSource {
+    /// The work pool's `cluster_config` block: a whole kubeconfig and an optional context.
+    Kubeconfig {
+        /// The kubeconfig document as data.
+        config: Value,
+        /// The context to use; the kubeconfig's current context when absent.
+        context: Option<String>,
+    },
+    /// The in-cluster service account when running in a pod, else the default kubeconfig
+    /// (`KUBECONFIG`, `~/.kube/config`).
+    Automatic,
+}
+
+impl ClusterSource {
+    /// A key that is equal for equal configurations, so each one gets one client.
+    fn cache_key(&self) -> String {
+        match self {
+            ClusterSource::Kubeconfig { config, context } => {
+                format!("kubeconfig:{}:{}", context.as_deref().unwrap_or(""), config)
+            }
+            ClusterSource::Automatic => "automatic".into(),
+        }
+    }
+}
+
+/// A connected cluster: its client, its shared watchers and what is read from it once.
+pub struct Cluster {
+    client: Client,
+    source_name: String,
+    server: String,
+    uid: OnceCell<std::result::Result<String, String>>,
+    namespaces: Mutex<HashMap<String, Arc<NamespaceWatch>>>,
+}
+
+impl Cluster {
+    /// The kube-rs client (cheap to clone).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Where the configuration came from, for messages.
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    /// The API server URL, for messages.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The uid of the `kube-system` namespace, read once; `Err(reason)` when it cannot be read
+    /// (typically 403: the worker's service account may not read namespaces).
+    pub async fn uid(&self) -> std::result::Result<String, String> {
+        self.uid
+            .get_or_init(|| async {
+                let namespaces: Api<Namespace> = Api::all(self.client.clone());
+                match namespaces.get("kube-system").await {
+                    Ok(namespace) => namespace
+                        .metadata
+                        .uid
+                        .ok_or_else(|| "kube-system has no uid".to_string()),
+                    Err(error) => {
+                        Err(K8sError::from_kube(error, "get", "namespace kube-system").to_string())
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// The shared job and pod watchers of `namespace`, started on first use.
+    pub fn namespace(self: &Arc<Self>, namespace: &str) -> Arc<NamespaceWatch> {
+        let mut namespaces = self.namespaces.lock().expect("namespace registry lock");
+        namespaces
+            .entry(namespace.to_owned())
+            .or_insert_with(|| NamespaceWatch::start(self.client.clone(), namespace))
+            .clone()
+    }
+
+    /// Stops every watcher of this cluster (worker shutdown).
+    pub fn close(&self) {
+        let namespaces =
+            std::mem::take(&mut *self.namespaces.lock().expect("namespace registry lock"));
+        for watch in namespaces.values() {
+            watch.stop();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The clients of one worker, one per distinct cluster configuration.
+#[derive(Default)]
+pub struct ClusterRegistry {
+    clusters: tokio::sync::Mutex<HashMap<String, Arc<Cluster>>>,
+}
+
+impl ClusterRegistry {
+    /// The cluster for `source`, connecting on first use. Exec credential plugins therefore run
+    /// once per configuration, and tokens are refreshed by the client as they expire.
+    pub async fn connect(&self, source: ClusterSource) -> Result<Arc<Cluster>> {
+        let key = source.cache_key();
+        let mut clusters = self.clusters.lock().await;
+        if let Some(cluster) = clusters.get(&key) {
+            return Ok(cluster.clone());
+        }
+        let cluster = Arc::new(connect(source).await?);
+        clusters.insert(key, cluster.clone());
+        Ok(cluster)
+    }
+
+    /// Stops every watcher and forgets every client.
+    pub async fn close(&self) {
+        let clusters = std::mem::take(&mut *self.clusters.lock().await);
+        for cluster in clusters.values() {
+            cluster.close();
+        }
+    }
+}
+
+async fn connect(source: ClusterSource) -> Result<Cluster> {
+    let (mut config, source_name) = load_config(&source).await?;
+    // Retries are the worker's own business: kube's default layer would resend a create after
+    // a 503/504 whose effect is unknown, and could make a second Job for one flow run.
+    config.default_retry = false;
+    // Log streams of quiet flows may be idle for hours; a read timeout would cut them.
+    // Watches carry their own server-side timeout.
+    config.read_timeout = None;
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|error| K8sError::Config {
+        source_name: source_name.clone(),
+        reason: describe_chain(&error),
+    })?;
+    Ok(Cluster {
+        client,
+        source_name,
+        server,
+        uid: OnceCell::new(),
+        namespaces: Mutex::new(HashMap::new()),
+    })
+}
+
+async fn load_config(source: &ClusterSource) -> Result<(Config, String)> {
+    match source {
+        ClusterSource::Kubeconfig { config, context } => {
+            let name = "the work pool's cluster_config block".to_string();
+            let kubeconfig: Kubeconfig =
+                serde_json::from_value(config.clone()).map_err(|error| K8sError::Config {
+                    source_name: name.clone(),
+                    reason: format!("it is not a kubeconfig: {error}"),
+                })?;
+            let options = KubeConfigOptions {
+                context: context.clone(),
+                ..KubeConfigOptions::default()
+            };
+            let config = Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|error| K8sError::Config {
+                    source_name: name.clone(),
+                    reason: describe_chain(&error),
+                })?;
+            Ok((config, name))
+        }
+        ClusterSource::Automatic => match Config::incluster() {
+            Ok(config) => Ok((config, "the in-cluster service account".into())),
+            Err(_) => {
+                let name = match std::env::var("KUBECONFIG") {
+                    Ok(path) if !path.is_empty() => format!("the kubeconfig {path} (KUBECONFIG)"),
+                    _ => "the default kubeconfig (~/.kube/config)".into(),
+                };
+                let config = Config::from_kubeconfig(&KubeConfigOptions::default())
+                    .await
+                    .map_err(|error| K8sError::Config {
+                        source_name: name.clone(),
+                        reason: format!(
+                            "{}; not running in a cluster either (no service account token)",
+                            describe_chain(&error)
+                        ),
+                    })?;
+                Ok((config, name))
+            }
+        },
+    }
+}

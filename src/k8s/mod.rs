@@ -1,0 +1,12 @@
+//! The Kubernetes layer: clients, Job creation and deletion, shared watchers, log streams and
+//! following a flow run's Job to its outcome. No Python here.
+
+pub mod cluster;
+pub mod error;
+pub mod jobs;
+pub mod logs;
+pub mod run;
+pub mod watch;
+
+pub use cluster::{Cluster, ClusterRegistry, ClusterSource};
+pub use error::{K8sError, Result};

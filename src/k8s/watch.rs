@@ -1,0 +1,399 @@
+//! Shared watchers: one job watch and one pod watch per (cluster, namespace), multiplexed to
+//! every run in flight by its flow-run id.
+//!
+//! A namespace may hold tens of thousands of finished Prefect Jobs, so nothing here lists the
+//! namespace: the watch starts from "now" (the resourceVersion of a one-item list). Runs
+//! subscribe before they create their Job, so nothing of theirs is missed. When the watch must
+//! resync (410 Gone), only the objects of subscribed runs are read again, in batches, and the
+//! watch restarts from "now".
+
+use crate::k8s::error::K8sError;
+use futures::TryStreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// The label every Job and pod of a flow run carries; runs subscribe by its value.
+pub const FLOW_RUN_LABEL: &str = "prefect.io/flow-run-id";
+
+/// How many flow-run ids go into one set-based label selector when resyncing.
+const RESYNC_BATCH: usize = 50;
+/// Server-side timeout of one watch request; the watch is reopened from the last version.
+const WATCH_TIMEOUT_SECONDS: u32 = 290;
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What a run learns about its objects.
+#[derive(Debug, Clone)]
+pub enum ObjectEvent<K> {
+    /// The object was created or changed; this is its new state.
+    Applied(K),
+    /// The object is gone; this is its last state.
+    Deleted(K),
+    /// After a gap in the watch: every object of the run that exists now. Objects the run
+    /// knew that are not in the list were deleted during the gap.
+    Resynced(Vec<K>),
+}
+
+type Subscribers<K> =
+    Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<ObjectEvent<K>>)>>>>;
+
+/// Counters a test or benchmark can read to see what the watchers cost.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    /// Watch requests opened (including reconnects).
+    pub watches_opened: AtomicU64,
+    /// Resyncs after 410 Gone.
+    pub resyncs: AtomicU64,
+    /// Events received.
+    pub events: AtomicU64,
+}
+
+/// One long-running watch of one kind of object in one namespace.
+struct SharedWatch<K: Clone> {
+    subscribers: Subscribers<K>,
+    ready: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+    stats: Arc<WatchStats>,
+}
+
+impl<K> SharedWatch<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn start(client: Client, namespace: &str, kind: &'static str) -> Self {
+        let subscribers: Subscribers<K> = Arc::default();
+        let (ready_tx, ready) = watch::channel(false);
+        let stats = Arc::new(WatchStats::default());
+        let api: Api<K> = Api::namespaced(client, namespace);
+        let task = tokio::spawn(watch_loop(
+            api,
+            format!("{kind} in namespace '{namespace}'"),
+            subscribers.clone(),
+            ready_tx,
+            stats.clone(),
+        ));
+        SharedWatch {
+            subscribers,
+            ready,
+            task,
+            stats,
+        }
+    }
+
+    fn subscribe(&self, id: u64, flow_run_id: &str) -> mpsc::UnboundedReceiver<ObjectEvent<K>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .expect("subscribers lock")
+            .entry(flow_run_id.to_owned())
+            .or_default()
+            .push((id, tx));
+        rx
+    }
+
+    fn unsubscribe(&self, id: u64, flow_run_id: &str) {
+        let mut subscribers = self.subscribers.lock().expect("subscribers lock");
+        if let Some(list) = subscribers.get_mut(flow_run_id) {
+            list.retain(|(subscriber, _)| *subscriber != id);
+            if list.is_empty() {
+                subscribers.remove(flow_run_id);
+            }
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|ready| *ready).await;
+    }
+}
+
+/// The job watcher and the pod watcher of one namespace.
+pub struct NamespaceWatch {
+    namespace: String,
+    jobs: SharedWatch<Job>,
+    pods: SharedWatch<Pod>,
+    next_id: AtomicU64,
+}
+
+impl NamespaceWatch {
+    /// Starts both watchers (they open their watches in the background).
+    pub fn start(client: Client, namespace: &str) -> Arc<Self> {
+        Arc::new(NamespaceWatch {
+            namespace: namespace.to_owned(),
+            jobs: SharedWatch::start(client.clone(), namespace, "jobs"),
+            pods: SharedWatch::start(client, namespace, "pods"),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The namespace watched.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Subscribes to the Jobs and pods of `flow_run_id`; returns once both watches are open,
+    /// so a Job created afterwards is seen from its creation on.
+    pub async fn subscribe(self: &Arc<Self>, flow_run_id: &str) -> RunSubscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let jobs = self.jobs.subscribe(id, flow_run_id);
+        let pods = self.pods.subscribe(id, flow_run_id);
+        self.jobs.wait_ready().await;
+        self.pods.wait_ready().await;
+        RunSubscription {
+            watch: self.clone(),
+            id,
+            flow_run_id: flow_run_id.to_owned(),
+            jobs,
+            pods,
+        }
+    }
+
+    /// Counters of the job watcher and the pod watcher.
+    pub fn stats(&self) -> (Arc<WatchStats>, Arc<WatchStats>) {
+        (self.jobs.stats.clone(), self.pods.stats.clone())
+    }
+
+    /// Stops both watchers.
+    pub fn stop(&self) {
+        self.jobs.task.abort();
+        self.pods.task.abort();
+    }
+}
+
+impl Drop for NamespaceWatch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One run's view of the shared watchers; unsubscribes when dropped.
+pub struct RunSubscription {
+    watch: Arc<NamespaceWatch>,
+    id: u64,
+    flow_run_id: String,
+    /// Events of the run's Jobs.
+    pub jobs: mpsc::UnboundedReceiver<ObjectEvent<Job>>,
+    /// Events of the run's pods.
+    pub pods: mpsc::UnboundedReceiver<ObjectEvent<Pod>>,
+}
+
+impl RunSubscription {
+    /// The namespace of the run.
+    pub fn namespace(&self) -> &str {
+        self.watch.namespace()
+    }
+}
+
+impl Drop for RunSubscription {
+    fn drop(&mut self) {
+        self.watch.jobs.unsubscribe(self.id, &self.flow_run_id);
+        self.watch.pods.unsubscribe(self.id, &self.flow_run_id);
+    }
+}
+
+fn route_key<K: Resource>(object: &K) -> Option<String> {
+    object.meta().labels.as_ref()?.get(FLOW_RUN_LABEL).cloned()
+}
+
+fn deliver<K: Resource + Clone>(
+    subscribers: &Subscribers<K>,
+    object: &K,
+    make: fn(K) -> ObjectEvent<K>,
+) {
+    let Some(key) = route_key(object) else { return };
+    let subscribers = subscribers.lock().expect("subscribers lock");
+    if let Some(list) = subscribers.get(&key) {
+        for (_, tx) in list {
+            let _ = tx.send(make(object.clone()));
+        }
+    }
+}
+
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+
+    async fn wait(&mut self) {
+        let jitter = self.next.mul_f64(fastrand::f64() * 0.5);
+        tokio::time::sleep(self.next + jitter).await;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+enum WatchEnd {
+    /// The server ended the watch (timeout) or the connection dropped: reopen from `rv`.
+    Reopen,
+    /// The version is too old: resync.
+    Gone,
+}
+
+async fn watch_loop<K>(
+    api: Api<K>,
+    what: String,
+    subscribers: Subscribers<K>,
+    ready: watch::Sender<bool>,
+    stats: Arc<WatchStats>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let selector = FLOW_RUN_LABEL.to_string();
+    let mut backoff = Backoff::new();
+    let mut first = true;
+    loop {
+        // "Now": the collection's version from a one-item list; never the namespace's history.
+        let version = match api
+            .list(&ListParams::default().labels(&selector).limit(1))
+            .await
+        {
+            Ok(list) => list.metadata.resource_version.unwrap_or_default(),
+            Err(error) => {
+                log::warn!(
+                    "cannot start watching {what}: {}",
+                    K8sError::from_kube(error, "list", &what)
+                );
+                backoff.wait().await;
+                continue;
+            }
+        };
+        if !first {
+            stats.resyncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = resync(&api, &subscribers).await {
+                log::warn!("cannot re-read {what} after a watch gap, trying again: {error}");
+                backoff.wait().await;
+                continue;
+            }
+        }
+        first = false;
+        let _ = ready.send(true);
+        let mut version = version;
+        loop {
+            match watch_once(&api, &selector, &mut version, &subscribers, &stats).await {
+                Ok(WatchEnd::Reopen) => backoff.reset(),
+                Ok(WatchEnd::Gone) => break,
+                Err(error) if error.status_code() == Some(410) => break,
+                Err(error) => {
+                    log::debug!("watch of {what} interrupted, reopening: {error}");
+                    backoff.wait().await;
+                }
+            }
+        }
+        log::info!("watch of {what} lost its place (410 Gone); re-reading the runs in flight");
+    }
+}
+
+async fn watch_once<K>(
+    api: &Api<K>,
+    selector: &str,
+    version: &mut String,
+    subscribers: &Subscribers<K>,
+    stats: &WatchStats,
+) -> Result<WatchEnd, K8sError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let params = WatchParams::default()
+        .labels(selector)
+        .timeout(WATCH_TIMEOUT_SECONDS);
+    // Bookmarks are on by default: they keep `version` fresh so a reopen rarely meets a 410.
+    stats.watches_opened.fetch_add(1, Ordering::Relaxed);
+    let stream = api
+        .watch(&params, version)
+        .await
+        .map_err(|error| K8sError::from_kube(error, "watch", "objects"))?;
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        let event = match stream.try_next().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ok(WatchEnd::Reopen),
+            Err(error) => return Err(K8sError::from_kube(error, "watch", "objects")),
+        };
+        stats.events.fetch_add(1, Ordering::Relaxed);
+        match event {
+            WatchEvent::Added(object) | WatchEvent::Modified(object) => {
+                remember_version(version, &object);
+                deliver(subscribers, &object, ObjectEvent::Applied);
+            }
+            WatchEvent::Deleted(object) => {
+                remember_version(version, &object);
+                deliver(subscribers, &object, ObjectEvent::Deleted);
+            }
+            WatchEvent::Bookmark(bookmark) => *version = bookmark.metadata.resource_version,
+            WatchEvent::Error(status) if status.code == 410 => return Ok(WatchEnd::Gone),
+            WatchEvent::Error(status) => {
+                return Err(K8sError::Api {
+                    verb: "watch".into(),
+                    what: "objects".into(),
+                    code: status.code,
+                    reason: status.reason.clone(),
+                    message: status.message.clone(),
+                })
+            }
+        }
+    }
+}
+
+fn remember_version<K: Resource>(version: &mut String, object: &K) {
+    if let Some(new_version) = &object.meta().resource_version {
+        version.clone_from(new_version);
+    }
+}
+
+/// Re-reads the objects of every subscribed run, a batch of runs per request.
+async fn resync<K>(api: &Api<K>, subscribers: &Subscribers<K>) -> Result<(), K8sError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let keys: Vec<String> = subscribers
+        .lock()
+        .expect("subscribers lock")
+        .keys()
+        .cloned()
+        .collect();
+    for batch in keys.chunks(RESYNC_BATCH) {
+        let selector = format!("{FLOW_RUN_LABEL} in ({})", batch.join(","));
+        let objects = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|error| K8sError::from_kube(error, "list", "objects of runs in flight"))?
+            .items;
+        let subscribers = subscribers.lock().expect("subscribers lock");
+        for key in batch {
+            let mine: Vec<K> = objects
+                .iter()
+                .filter(|object| route_key(*object).as_deref() == Some(key))
+                .cloned()
+                .collect();
+            if let Some(list) = subscribers.get(key) {
+                for (_, tx) in list {
+                    let _ = tx.send(ObjectEvent::Resynced(mine.clone()));
+                }
+            }
+        }
+    }
+    Ok(())
+}

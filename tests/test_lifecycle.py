@@ -1,0 +1,368 @@
+"""The Job lifecycle against the real control plane: `KubernetesWorker.run()` and
+`kill_infrastructure()` driven as Prefect drives them, without a Prefect server in the loop.
+
+Pods run in the fake kubelet: exec mode runs the container's command as a local process,
+scripted mode (pod annotations `testbed.prefect.io/*`) plays failures a cluster produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import InfrastructureNotAvailable, InfrastructureNotFound
+
+from prefect_kubernetes_rs.worker import (
+    KubernetesWorker,
+    KubernetesWorkerJobConfiguration,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+TEMPLATE = KubernetesWorker.get_default_base_job_template()
+SCRIPT = "testbed.prefect.io/"
+
+
+class TaskStatus:
+    def __init__(self) -> None:
+        self.pid: str | None = None
+
+    def started(self, value: Any = None) -> None:
+        self.pid = value
+
+
+def scripted(**behaviour: Any) -> dict[str, str]:
+    return {SCRIPT + "mode": "script"} | {
+        SCRIPT + key.replace("_", "-"): str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+        for key, value in behaviour.items()
+    }
+
+
+async def configuration_for(
+    flow_run: FlowRun, cluster_config: dict | None = None, **values: Any
+) -> KubernetesWorkerJobConfiguration:
+    values = {"image": "testbed/none:1", "namespace": "default"} | values
+    if cluster_config is not None:
+        values["cluster_config"] = cluster_config
+    configuration = await KubernetesWorkerJobConfiguration.from_template_and_values(
+        copy.deepcopy(TEMPLATE), values
+    )
+    configuration.prepare_for_flow_run(flow_run)
+    return configuration
+
+
+def new_flow_run() -> FlowRun:
+    return FlowRun(id=uuid.uuid4(), name=f"run-{uuid.uuid4().hex[:6]}", flow_id=uuid.uuid4())
+
+
+def block(testbed, kubeconfig=None) -> dict:
+    """What a `kubernetes-cluster-config` block holds for a kubeconfig of the testbed."""
+    config = testbed.kubeconfig_dict(kubeconfig)
+    return {"config": config, "context_name": config["current-context"]}
+
+
+@pytest.fixture
+def cluster_config(testbed) -> dict:
+    return block(testbed)
+
+
+class Worker:
+    """A worker as Prefect builds it, used without a Prefect server; closes its clients."""
+
+    def __init__(self, name: str) -> None:
+        self.worker = KubernetesWorker(work_pool_name=name)
+
+    async def __aenter__(self) -> KubernetesWorker:
+        return self.worker
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.worker._kubernetes.close()
+
+
+@pytest.fixture(autouse=True)
+def no_prefect_server():
+    """These tests drive the worker without a Prefect server (the end-to-end tests have one)."""
+    from prefect.settings import (
+        PREFECT_LOGGING_TO_API_ENABLED,
+        PREFECT_TEST_MODE,
+        temporary_settings,
+    )
+
+    with temporary_settings({PREFECT_TEST_MODE: True, PREFECT_LOGGING_TO_API_ENABLED: False}):
+        yield
+
+
+@pytest.fixture
+async def worker(testbed):
+    worker = KubernetesWorker(work_pool_name="lifecycle-tests")
+    yield worker
+    await worker._kubernetes.close()
+
+
+async def run_flow(worker, cluster_config, **values) -> tuple[Any, TaskStatus, FlowRun]:
+    flow_run = new_flow_run()
+    configuration = await configuration_for(flow_run, cluster_config, **values)
+    status = TaskStatus()
+    result = await worker.run(flow_run, configuration, task_status=status)
+    return result, status, flow_run
+
+
+def jobs_of(testbed, flow_run: FlowRun) -> list[dict]:
+    import json
+
+    output = testbed.kubectl(
+        "get", "jobs", "-n", "default", "-l", f"prefect.io/flow-run-id={flow_run.id}", "-o", "json"
+    ).stdout
+    return json.loads(output)["items"]
+
+
+def pods_of(testbed, job_name: str) -> list[dict]:
+    import json
+
+    output = testbed.kubectl(
+        "get", "pods", "-n", "default", "-l", f"job-name={job_name}", "-o", "json"
+    )
+    return json.loads(output.stdout)["items"]
+
+
+async def test_a_succeeding_job_streams_its_log_and_exits_zero(
+    worker, cluster_config, testbed, capsys
+):
+    result, status, flow_run = await run_flow(
+        worker, cluster_config, command="sh -c 'echo first line; echo second line'"
+    )
+    assert result.status_code == 0
+    assert status.pid == result.identifier
+    uid, namespace, job_name = result.identifier.split(":")
+    assert namespace == "default" and uid and job_name.startswith(flow_run.name)
+    out = capsys.readouterr().out
+    assert out.index("first line") < out.index("second line")
+    (job,) = jobs_of(testbed, flow_run)
+    assert job["metadata"]["name"] == job_name
+
+
+async def test_the_exit_code_of_the_flow_container_is_returned(worker, cluster_config):
+    result, _, _ = await run_flow(worker, cluster_config, command="sh -c 'exit 3'")
+    assert result.status_code == 3
+
+
+async def test_backoff_limit_retries_then_reports_the_last_exit_code(
+    worker, cluster_config, testbed
+):
+    result, _, _ = await run_flow(
+        worker, cluster_config, backoff_limit=2, annotations=scripted(exit_code=3)
+    )
+    assert result.status_code == 3
+    job_name = result.identifier.split(":")[-1]
+    assert len(pods_of(testbed, job_name)) == 3
+
+
+async def test_oom_killed_is_137(worker, cluster_config):
+    result, _, _ = await run_flow(worker, cluster_config, annotations=scripted(oom=True))
+    assert result.status_code == 137
+
+
+async def test_image_pull_failure_deletes_the_job_and_shows_events(
+    worker, cluster_config, testbed, caplog
+):
+    caplog.set_level(logging.INFO)
+    result, _, flow_run = await run_flow(
+        worker, cluster_config, annotations=scripted(image_pull="ImagePullBackOff")
+    )
+    assert result.status_code == -1
+    text = caplog.text
+    assert "cannot start: ErrImagePull" in text or "cannot start: ImagePullBackOff" in text
+    assert "Pod event 'Failed'" in text and "Failed to pull image" in text
+    for _ in range(50):
+        if not jobs_of(testbed, flow_run):
+            break
+        await asyncio.sleep(0.2)
+    assert jobs_of(testbed, flow_run) == [], "the Job must be deleted so it cannot start later"
+
+
+async def test_pod_that_never_starts_times_out(worker, cluster_config, testbed, caplog):
+    caplog.set_level(logging.INFO)
+    result, _, flow_run = await run_flow(
+        worker,
+        cluster_config,
+        pod_watch_timeout_seconds=2,
+        annotations=scripted(start_delay_seconds=30),
+    )
+    assert result.status_code == -1
+    assert "did not start within 2 s" in caplog.text
+
+
+async def test_node_lost_is_minus_one_with_a_reason(worker, testbed, caplog):
+    """The pod's node goes away: no exit code will ever come. The Job's deadline ends it."""
+    caplog.set_level(logging.INFO)
+    template = copy.deepcopy(TEMPLATE)
+    template["job_configuration"]["job_manifest"]["spec"]["activeDeadlineSeconds"] = 4
+    flow_run = new_flow_run()
+    configuration = await KubernetesWorkerJobConfiguration.from_template_and_values(
+        template,
+        {"image": "testbed/none:1", "cluster_config": block(testbed),
+         "annotations": scripted(node_lost_after_seconds=1, run_seconds=60)},
+    )  # fmt: skip
+    configuration.prepare_for_flow_run(flow_run)
+    result = await worker.run(flow_run, configuration, task_status=TaskStatus())
+    assert result.status_code == -1
+    assert "reported no exit code" in caplog.text
+
+
+async def test_job_deleted_from_outside_ends_the_run(worker, cluster_config, testbed, caplog):
+    caplog.set_level(logging.INFO)
+    flow_run = new_flow_run()
+    configuration = await configuration_for(flow_run, cluster_config, command="sleep 60")
+    status = TaskStatus()
+    running = asyncio.create_task(worker.run(flow_run, configuration, task_status=status))
+    while status.pid is None:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2)
+    job_name = status.pid.split(":")[-1]
+    testbed.kubectl("delete", "job", job_name, "-n", "default", "--wait=false")
+    result = await asyncio.wait_for(running, 60)
+    assert result.status_code != 0
+    assert "deleted" in caplog.text
+
+
+async def test_logs_arrive_complete_and_in_order_through_cut_streams(testbed, capsys):
+    rule_ids = [
+        testbed.proxy("POST", "/rules", {"path": "/log$", "action": "cut-after-bytes",
+                                          "bytes": 20_000, "times": 2, "abrupt": True})["id"]
+    ]  # fmt: skip
+    try:
+        async with Worker("cut-logs") as worker:
+            proxied = block(testbed, testbed.proxy_kubeconfig)
+            result, _, _ = await run_flow(
+                worker, proxied,
+                annotations=scripted(log_lines=2000, log_interval_ms=1, run_seconds=0),
+            )  # fmt: skip
+        assert result.status_code == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("line ")]
+        assert lines == [f"line {n}" for n in range(1, 2001)]
+    finally:
+        for rule in rule_ids:
+            testbed.proxy("DELETE", f"/rules/{rule}")
+
+
+async def test_fifty_runs_share_one_job_watch_and_one_pod_watch(testbed):
+    testbed.proxy("POST", "/counts/reset")
+    proxied = block(testbed, testbed.proxy_kubeconfig)
+    async with Worker("fifty") as worker:
+        results = await asyncio.gather(
+            *[
+                run_flow(worker, proxied, annotations=scripted(run_seconds=2, log_lines=3))
+                for _ in range(50)
+            ]
+        )
+    assert [result.status_code for result, _, _ in results] == [0] * 50
+    counts = testbed.proxy("GET", "/counts")
+    patterns = counts["patterns"]
+    job_watches = patterns["/apis/batch/v1/namespaces/{ns}/jobs"].get("watch", 0)
+    pod_watches = patterns["/api/v1/namespaces/{ns}/pods"].get("watch", 0)
+    assert (job_watches, pod_watches) == (1, 1), patterns
+    assert counts["verbs"].get("create", 0) == 50
+    log_requests = sum(patterns.get("/api/v1/namespaces/{ns}/pods/{name}/log", {}).values())
+    others = counts["total"] - log_requests
+    assert others <= 3 * 50, patterns
+
+
+async def test_a_create_answered_503_once_makes_exactly_one_job(testbed):
+    rule = testbed.proxy(
+        "POST", "/rules",
+        {"verb": "create", "path": "/jobs$", "action": "status", "code": 503, "times": 1},
+    )["id"]  # fmt: skip
+    try:
+        proxied = block(testbed, testbed.proxy_kubeconfig)
+        async with Worker("retry") as worker:
+            result, _, flow_run = await run_flow(worker, proxied, annotations=scripted())
+        assert result.status_code == 0
+        assert len(jobs_of(testbed, flow_run)) == 1
+    finally:
+        testbed.proxy("DELETE", f"/rules/{rule}")
+
+
+async def test_a_narrow_rbac_user_still_gets_a_pid(testbed, caplog):
+    caplog.set_level(logging.WARNING)
+    narrow = block(testbed, testbed.narrow_kubeconfig)
+    async with Worker("narrow") as worker:
+        result, status, _ = await run_flow(worker, narrow, annotations=scripted())
+    assert result.status_code == 0
+    namespace, job_name = status.pid.split(":")
+    assert namespace == "default" and job_name
+    assert "Cannot read the cluster's uid" in caplog.text
+
+
+async def test_kill_infrastructure_accepts_both_pid_forms(worker, cluster_config, testbed):
+    for strip_uid in (False, True):
+        flow_run = new_flow_run()
+        configuration = await configuration_for(flow_run, cluster_config, command="sleep 120")
+        status = TaskStatus()
+        running = asyncio.create_task(worker.run(flow_run, configuration, task_status=status))
+        while status.pid is None:
+            await asyncio.sleep(0.1)
+        pid = status.pid.split(":", 1)[1] if strip_uid else status.pid
+        await worker.kill_infrastructure(pid, configuration, grace_seconds=1)
+        result = await asyncio.wait_for(running, 60)
+        assert result.status_code != 0
+        assert jobs_of(testbed, flow_run) == []
+
+
+async def test_kill_infrastructure_refuses_and_reports_clearly(worker, cluster_config):
+    configuration = await configuration_for(new_flow_run(), cluster_config)
+    with pytest.raises(InfrastructureNotAvailable, match="namespace 'elsewhere'"):
+        await worker.kill_infrastructure("elsewhere:some-job", configuration)
+    with pytest.raises(InfrastructureNotFound, match="not found in namespace 'default'"):
+        await worker.kill_infrastructure("default:no-such-job", configuration)
+    with pytest.raises(InfrastructureNotAvailable, match="another cluster"):
+        await worker.kill_infrastructure("not-this-cluster:default:some-job", configuration)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"action": "reset", "after_upstream": True},
+        {"action": "status", "code": 504, "after_upstream": True},
+    ],
+    ids=["reply-lost", "gateway-timeout-after-create"],
+)
+async def test_an_ambiguous_create_adopts_the_job_instead_of_making_a_second(
+    testbed, caplog, fault
+):
+    caplog.set_level(logging.INFO)
+    rule = testbed.proxy(
+        "POST", "/rules", {"verb": "create", "path": "/jobs$", "times": 1} | fault
+    )["id"]
+    try:
+        proxied = block(testbed, testbed.proxy_kubeconfig)
+        async with Worker("adopt") as worker:
+            result, _, flow_run = await run_flow(worker, proxied, annotations=scripted())
+        assert result.status_code == 0
+        assert len(jobs_of(testbed, flow_run)) == 1
+        assert "found (created by an earlier attempt)" in caplog.text
+    finally:
+        testbed.proxy("DELETE", f"/rules/{rule}")
+
+
+async def test_a_410_mid_watch_does_not_end_the_run(testbed):
+    rule = testbed.proxy(
+        "POST",
+        "/rules",
+        {"verb": "watch", "path": "/jobs$", "action": "gone-event", "events": 2, "times": 1},
+    )["id"]
+    try:
+        proxied = block(testbed, testbed.proxy_kubeconfig)
+        async with Worker("gone") as worker:
+            result, _, _ = await run_flow(
+                worker, proxied, annotations=scripted(run_seconds=3, exit_code=4)
+            )
+        assert result.status_code == 4
+    finally:
+        testbed.proxy("DELETE", f"/rules/{rule}")

@@ -1,0 +1,275 @@
+"""Proof that the testbed is a real Kubernetes: kubectl and the official Python client see what
+they would see on a cluster, the Job controller and garbage collector do their work, the fake
+kubelet's scripted behaviours look like a real kubelet's, and the fault proxy does what it is
+told. (kube-rs is exercised end to end by `test_lifecycle.py`: create, shared watches with 410
+and resume, followed logs.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+
+def job_manifest(name: str, command: list[str] | None = None, **spec: object) -> dict:
+    container: dict = {"name": "main", "image": "testbed/none:1"}
+    if command:
+        container["command"] = command
+    annotations = spec.pop("annotations", {})
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": spec.pop("backoffLimit", 0),
+            **spec,
+            "template": {
+                "metadata": {"annotations": annotations},
+                "spec": {"restartPolicy": "Never", "containers": [container]},
+            },
+        },
+    }
+
+
+def apply(testbed, manifest: dict, namespace: str = "default") -> None:
+    subprocess.run(
+        ["kubectl", "--kubeconfig", str(testbed.kubeconfig), "-n", namespace, "create", "-f", "-"],
+        input=json.dumps(manifest), text=True, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def get_json(testbed, *args: str) -> dict:
+    return json.loads(testbed.kubectl("get", *args, "-o", "json").stdout)
+
+
+def wait_until(predicate, timeout: float = 60, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def test_kubectl_gets_describes_follows_and_waits_for_a_job(testbed):
+    name = unique("hello")
+    apply(testbed, job_manifest(name, ["sh", "-c", "echo hello from the pod; sleep 1; echo done"]))
+    testbed.kubectl("wait", "--for=condition=complete", f"job/{name}", "--timeout=60s")
+    assert name in testbed.kubectl("get", "jobs").stdout
+    description = testbed.kubectl("describe", "job", name).stdout
+    assert "Pods Statuses:" in description and "1 Succeeded" in description
+    logs = testbed.kubectl("logs", "-f", f"job/{name}").stdout
+    assert logs.splitlines() == ["hello from the pod", "done"]
+
+
+def test_backoff_limit_ends_failed_after_three_pods(testbed):
+    name = unique("exit3")
+    apply(testbed, job_manifest(name, ["sh", "-c", "exit 3"], backoffLimit=2))
+
+    def failed_condition():
+        job = get_json(testbed, "job", name)
+        conditions = job.get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == "Failed"), None)
+
+    condition = wait_until(failed_condition, timeout=120)
+    assert condition["reason"] == "BackoffLimitExceeded"
+    pods = get_json(testbed, "pods", "-l", f"job-name={name}")["items"]
+    assert len(pods) == 3
+    codes = {
+        status["state"]["terminated"]["exitCode"]
+        for pod in pods
+        for status in pod["status"]["containerStatuses"]
+    }
+    assert codes == {3}
+
+
+def test_finished_job_with_ttl_is_garbage_collected(testbed):
+    name = unique("ttl")
+    apply(testbed, job_manifest(name, ["true"], ttlSecondsAfterFinished=1))
+    testbed.kubectl("wait", "--for=condition=complete", f"job/{name}", "--timeout=60s")
+    wait_until(lambda: testbed.kubectl("get", "job", name, check=False).returncode != 0, timeout=60)
+    wait_until(lambda: not get_json(testbed, "pods", "-l", f"job-name={name}")["items"], 60)
+
+
+def test_foreground_deletion_removes_the_pods(testbed):
+    name = unique("fg")
+    apply(testbed, job_manifest(name, ["sleep", "300"]))
+    wait_until(
+        lambda: any(
+            p["status"].get("phase") == "Running"
+            for p in get_json(testbed, "pods", "-l", f"job-name={name}")["items"]
+        )
+    )
+    testbed.kubectl("delete", "job", name, "--cascade=foreground", "--timeout=60s")
+    assert get_json(testbed, "pods", "-l", f"job-name={name}")["items"] == []
+    leftover = subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", "the pod's process must be killed"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "check"),
+    [
+        ({"oom": "true"}, lambda pod, events: _terminated(pod) == (137, "OOMKilled")),
+        ({"exit-code": "5"}, lambda pod, events: _terminated(pod) == (5, "Error")),
+        (
+            {"image-pull": "ImagePullBackOff"},
+            lambda pod, events: (
+                _waiting(pod) in ("ErrImagePull", "ImagePullBackOff")
+                and "Pulling" in events
+                and "Failed" in events
+            ),
+        ),
+        (
+            {"unschedulable": "true"},
+            lambda pod, events: (
+                "FailedScheduling" in events
+                and any(
+                    c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+                    for c in pod["status"].get("conditions", [])
+                )
+            ),
+        ),
+        (
+            {"evict-after-seconds": "0.5", "run-seconds": "30"},
+            lambda pod, events: (
+                pod["status"].get("reason") == "Evicted"
+                and pod["status"]["phase"] == "Failed"
+                and "Evicted" in events
+            ),
+        ),
+        (
+            {"invalid-image": "true"},
+            lambda pod, events: _waiting(pod) == "InvalidImageName",
+        ),
+    ],
+    ids=["oom", "exit-code", "image-pull", "unschedulable", "eviction", "invalid-image"],
+)
+def test_scripted_behaviours_look_like_a_real_kubelet(testbed, behaviour, check):
+    name = unique("script")
+    annotations = {"testbed.prefect.io/mode": "script"} | {
+        f"testbed.prefect.io/{key}": value for key, value in behaviour.items()
+    }
+    apply(testbed, job_manifest(name, annotations=annotations))
+
+    def observed():
+        pods = get_json(testbed, "pods", "-l", f"job-name={name}")["items"]
+        if not pods:
+            return None
+        pod = pods[0]
+        events = {
+            event["reason"]
+            for event in get_json(
+                testbed,
+                "events",
+                "--field-selector",
+                f"involvedObject.name={pod['metadata']['name']}",
+            )["items"]
+        }
+        return (pod, events) if check(pod, events) else None
+
+    wait_until(observed, timeout=60)
+    testbed.kubectl("delete", "job", name, "--cascade=foreground", "--wait=false")
+
+
+def _terminated(pod: dict) -> tuple[int, str] | None:
+    for status in pod["status"].get("containerStatuses", []):
+        terminated = status.get("state", {}).get("terminated")
+        if terminated:
+            return terminated["exitCode"], terminated.get("reason")
+    return None
+
+
+def _waiting(pod: dict) -> str | None:
+    for status in pod["status"].get("containerStatuses", []):
+        waiting = status.get("state", {}).get("waiting")
+        if waiting:
+            return waiting.get("reason")
+    return None
+
+
+async def test_the_official_python_client_creates_watches_resumes_and_follows(testbed):
+    from kubernetes_asyncio import client, config, watch
+
+    api_client = await config.new_client_from_config(config_file=str(testbed.kubeconfig))
+    async with api_client:
+        batch = client.BatchV1Api(api_client)
+        core = client.CoreV1Api(api_client)
+        name = unique("official")
+        listing = await batch.list_namespaced_job("default", limit=1)
+        start_version = listing.metadata.resource_version
+        await batch.create_namespaced_job(
+            "default",
+            job_manifest(
+                name,
+                annotations={
+                    "testbed.prefect.io/log-lines": "50",
+                    "testbed.prefect.io/log-interval-ms": "20",
+                },
+            ),  # fmt: skip
+        )
+        seen = []
+        stream = watch.Watch().stream(
+            batch.list_namespaced_job, "default", resource_version=start_version,
+            field_selector=f"metadata.name={name}", timeout_seconds=60,
+        )  # fmt: skip
+        async for event in stream:
+            seen.append(event["type"])
+            if event["object"].status.succeeded:
+                break
+        assert seen[0] == "ADDED"
+
+        # A watch whose version is gone answers with a 410 ERROR event (here injected by the
+        # fault proxy on the wire, as the API server sends it); a fresh list resumes.
+        gone = {"verb": "watch", "path": "/jobs$", "action": "gone-event", "times": 1}
+        rule = testbed.proxy("POST", "/rules", gone)["id"]
+        proxied = await config.new_client_from_config(config_file=str(testbed.proxy_kubeconfig))
+        async with proxied:
+            response = await client.BatchV1Api(proxied).list_namespaced_job(
+                "default", resource_version=start_version, watch=True, timeout_seconds=5,
+                _preload_content=False,
+            )  # fmt: skip
+            first = json.loads((await response.content.readline()).decode())
+            response.release()
+        testbed.proxy("DELETE", f"/rules/{rule}")
+        assert first["type"] == "ERROR" and first["object"]["code"] == 410, first
+        fresh = await batch.list_namespaced_job("default", limit=1)
+        assert int(fresh.metadata.resource_version) > int(start_version)
+
+        pods = await core.list_namespaced_pod("default", label_selector=f"job-name={name}")
+        pod_name = pods.items[0].metadata.name
+        log = await core.read_namespaced_pod_log(pod_name, "default", container="main", follow=True)
+        assert log.splitlines() == [f"line {n}" for n in range(1, 51)]
+
+
+def test_proxy_faults_happen_as_configured(testbed):
+    testbed.proxy("POST", "/reset")
+    kubeconfig = testbed.proxy_kubeconfig
+    rule = testbed.proxy(
+        "POST", "/rules", {"verb": "list", "path": "/pods$", "action": "status", "code": 503,
+                           "times": 1},
+    )["id"]  # fmt: skip
+    failed = testbed.kubectl("get", "pods", kubeconfig=kubeconfig, check=False)
+    assert failed.returncode != 0
+    assert testbed.kubectl("get", "pods", kubeconfig=kubeconfig).returncode == 0
+    testbed.proxy("DELETE", f"/rules/{rule}")
+
+    testbed.proxy("POST", "/rules", {"verb": "get", "action": "delay", "ms": 1500, "times": 1})
+    started = time.monotonic()
+    testbed.kubectl("get", "namespace", "default", kubeconfig=kubeconfig)
+    assert time.monotonic() - started >= 1.5
+
+    counts = testbed.proxy("GET", "/counts")
+    assert counts["verbs"]["list"] >= 2
+    assert counts["statuses"]["503"] == 1
+    testbed.proxy("POST", "/reset")

@@ -1,0 +1,151 @@
+"""The Kubernetes testbed for pytest: a real control plane, the fake kubelet, the fault proxy.
+
+`Testbed.start()` brings up a fresh stack in its own state directory (free ports, so it never
+touches a `make cluster-up` stack) and `stop()` stops exactly what it started. The session
+fixture in `conftest.py` stops it even when tests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_SCRIPT = ROOT / "tests" / "testbed" / "cluster.sh"
+
+
+def _binary(name: str) -> Path:
+    """A testbed binary from the workspace's target dir, built on demand (release first)."""
+    for profile in ("release", "debug"):
+        candidate = ROOT / "target" / profile / name
+        if candidate.exists():
+            return candidate
+    package = {"fake-kubelet": "pkr-fake-kubelet", "fault-proxy": "pkr-fault-proxy"}[name]
+    subprocess.run(["cargo", "build", "--release", "-p", package], cwd=ROOT, check=True)
+    return ROOT / "target" / "release" / name
+
+
+def _wait_for_line(process: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith(prefix):
+            return line.strip()
+        if not line and process.poll() is not None:
+            raise RuntimeError(
+                f"{process.args[0]} exited with {process.returncode} before it was ready"
+            )
+    raise TimeoutError(f"{process.args[0]} did not print {prefix!r} within {timeout} s")
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line.split()[2:] if "=" in part)
+
+
+@dataclass
+class Testbed:
+    state_dir: Path
+    kubeconfig: Path = field(init=False)
+    narrow_kubeconfig: Path = field(init=False)
+    proxy_kubeconfig: Path = field(init=False)
+    proxy_control: str = field(init=False)
+    env: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def start(self) -> Testbed:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        environment = os.environ | {"PKR_CLUSTER_DIR": str(self.state_dir)}
+        subprocess.run(
+            [str(CLUSTER_SCRIPT), "up"], env=environment, check=True, capture_output=True
+        )
+        self.env = dict(
+            line.split("=", 1)
+            for line in (self.state_dir / "cluster.env").read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+        self.env = {key: value.strip().strip("'\"") for key, value in self.env.items()}
+        self.kubeconfig = self.state_dir / "kubeconfig"
+        self.narrow_kubeconfig = self.state_dir / "kubeconfig-narrow"
+        logs = self.state_dir / "logs"
+        logs.mkdir(exist_ok=True)
+
+        kubelet = self._spawn(
+            [str(_binary("fake-kubelet")), "--kubeconfig", str(self.kubeconfig)],
+            logs / "fake-kubelet.log",
+        )
+        _wait_for_line(kubelet, "fake-kubelet ready", 60)
+
+        self.proxy_kubeconfig = self.state_dir / "kubeconfig-proxy"
+        proxy = self._spawn(
+            [
+                str(_binary("fault-proxy")),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--write-kubeconfig",
+                str(self.proxy_kubeconfig),
+                # kubectl sends credentials only over TLS.
+                "--tls",
+            ],
+            logs / "fault-proxy.log",
+        )
+        ready = _fields(_wait_for_line(proxy, "fault-proxy ready", 60))
+        self.proxy_control = f"http://{ready['control']}"
+        return self
+
+    def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "ab"),  # noqa: SIM115 - closed with the process
+            text=True,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        self.processes.clear()
+        environment = os.environ | {"PKR_CLUSTER_DIR": str(self.state_dir)}
+        subprocess.run([str(CLUSTER_SCRIPT), "down"], env=environment, check=False)
+
+    # --- helpers for tests ------------------------------------------------------------------
+
+    def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", str(kubeconfig or self.kubeconfig), *args],
+            capture_output=True, text=True, check=check, timeout=timeout,
+        )  # fmt: skip
+
+    def kubeconfig_dict(self, path: Path | None = None) -> dict[str, Any]:
+        """A kubeconfig as data, as a `kubernetes-cluster-config` block holds it."""
+        import yaml
+
+        return yaml.safe_load((path or self.kubeconfig).read_text())
+
+    def proxy(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            self.proxy_control + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+        return json.loads(text) if text else None
