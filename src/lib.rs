@@ -111,6 +111,12 @@ fn prepare_job_manifest<'py>(
     PyTuple::new(py, [to_py(py, &job_manifest)?, to_py(py, &env)?])
 }
 
+/// How many runs this process is following right now.
+#[pyfunction]
+fn active_followers() -> usize {
+    k8s::run::active_followers()
+}
+
 /// The default Job manifest template of the `kubernetes-rs` work pool type.
 #[pyfunction]
 fn default_job_manifest_template(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
@@ -167,5 +173,6 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(slugify_label_key, module)?)?;
     module.add_function(wrap_pyfunction!(slugify_label_value, module)?)?;
     module.add_function(wrap_pyfunction!(split_command, module)?)?;
+    module.add_function(wrap_pyfunction!(active_followers, module)?)?;
     Ok(())
 }

@@ -198,6 +198,38 @@ impl ClusterHandle {
         })
     }
 
+    /// Creates or updates the Secret `name` with `value` under `key`.
+    fn apply_secret<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: String,
+        name: String,
+        key: String,
+        value: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        future_into_py(py, async move {
+            jobs::apply_secret(&cluster, &namespace, &name, &key, &value)
+                .await
+                .map_err(k8s_error)
+        })
+    }
+
+    /// Deletes the Secret `name`; False when it did not exist.
+    fn delete_secret<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: String,
+        name: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        future_into_py(py, async move {
+            jobs::delete_secret(&cluster, &namespace, &name)
+                .await
+                .map_err(k8s_error)
+        })
+    }
+
     /// `(uid, None)` with the kube-system namespace's uid, or `(None, reason)`; read once.
     fn cluster_uid<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
@@ -209,16 +241,21 @@ impl ClusterHandle {
         })
     }
 
-    /// Counters of the shared watchers of a namespace: `(job watches opened, pod watches
-    /// opened, resyncs)`.
-    fn watch_stats(&self, namespace: &str) -> (u64, u64, u64) {
+    /// The shared watchers of a namespace: `{job_watches_opened, pod_watches_opened,
+    /// resyncs, subscribed_runs}`.
+    fn watch_stats<'py>(&self, py: Python<'py>, namespace: &str) -> PyResult<Bound<'py, PyDict>> {
         use std::sync::atomic::Ordering::Relaxed;
-        let (jobs, pods) = self.cluster.namespace(namespace).stats();
-        (
-            jobs.watches_opened.load(Relaxed),
-            pods.watches_opened.load(Relaxed),
+        let watch = self.cluster.namespace(namespace);
+        let (jobs, pods) = watch.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("job_watches_opened", jobs.watches_opened.load(Relaxed))?;
+        dict.set_item("pod_watches_opened", pods.watches_opened.load(Relaxed))?;
+        dict.set_item(
+            "resyncs",
             jobs.resyncs.load(Relaxed) + pods.resyncs.load(Relaxed),
-        )
+        )?;
+        dict.set_item("subscribed_runs", watch.subscribed_runs())?;
+        Ok(dict)
     }
 }
 

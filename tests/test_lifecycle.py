@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import uuid
 from typing import Any
@@ -83,18 +84,20 @@ class Worker:
         return self.worker
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.worker._kubernetes.close()
+        await self.worker.close_kubernetes()
 
 
 @pytest.fixture(autouse=True)
-def no_prefect_server():
-    """These tests drive the worker without a Prefect server (the end-to-end tests have one)."""
+def no_prefect_server(monkeypatch):
+    """These tests drive the worker without a Prefect server (the end-to-end tests have one):
+    no logs or events are sent anywhere unless a test captures them."""
     from prefect.settings import (
         PREFECT_LOGGING_TO_API_ENABLED,
         PREFECT_TEST_MODE,
         temporary_settings,
     )
 
+    monkeypatch.setattr("prefect.events.utilities.should_emit_events", lambda: False)
     with temporary_settings({PREFECT_TEST_MODE: True, PREFECT_LOGGING_TO_API_ENABLED: False}):
         yield
 
@@ -103,7 +106,7 @@ def no_prefect_server():
 async def worker(testbed):
     worker = KubernetesWorker(work_pool_name="lifecycle-tests")
     yield worker
-    await worker._kubernetes.close()
+    await worker.close_kubernetes()
 
 
 async def run_flow(worker, cluster_config, **values) -> tuple[Any, TaskStatus, FlowRun]:
@@ -363,6 +366,177 @@ async def test_a_410_mid_watch_does_not_end_the_run(testbed):
             result, _, _ = await run_flow(
                 worker, proxied, annotations=scripted(run_seconds=3, exit_code=4)
             )
+            cluster = await worker._kubernetes.connect(proxied["config"], proxied["context_name"])
+            assert cluster.watch_stats("default")["resyncs"] >= 1, "the 410 forced a resync"
         assert result.status_code == 4
     finally:
         testbed.proxy("DELETE", f"/rules/{rule}")
+
+
+async def test_the_api_key_goes_into_a_secret_never_into_the_manifest(
+    testbed, monkeypatch, capsys, caplog
+):
+    api_key = "pnu_" + uuid.uuid4().hex
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KUBERNETES_WORKER_CREATE_SECRET_FOR_API_KEY", "true")
+    caplog.set_level(logging.INFO)
+    async with Worker("secret-keeper") as worker:
+        flow_run = new_flow_run()
+        configuration = await configuration_for(
+            flow_run, block(testbed), env={"PREFECT_API_KEY": api_key},
+            command="sh -c 'test -n \"$PREFECT_API_KEY\" && echo key-present'",
+        )  # fmt: skip
+        result = await worker.run(flow_run, configuration, task_status=TaskStatus())
+        assert result.status_code == 0
+        (job,) = jobs_of(testbed, flow_run)
+        env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        (entry,) = [e for e in env if e["name"] == "PREFECT_API_KEY"]
+        secret_name = entry["valueFrom"]["secretKeyRef"]["name"]
+        assert "value" not in entry
+        secret = testbed.kubectl("get", "secret", secret_name, "-o", "json").stdout
+        assert secret_name.endswith("-api-key")
+    assert testbed.kubectl("get", "secret", secret_name, check=False).returncode != 0, (
+        "the worker deletes the Secrets it created when it stops"
+    )
+    output = capsys.readouterr()
+    assert "key-present" in output.out, "the pod received the key through the Secret"
+    everything = output.out + output.err + caplog.text + json.dumps(job)
+    assert api_key not in everything
+    assert api_key not in secret  # stored base64-encoded, as Kubernetes does
+
+
+async def test_cancelling_a_run_leaves_nothing_behind_and_keeps_the_job(
+    worker, cluster_config, testbed
+):
+    """Worker shutdown cancels the task awaiting a run: the Job keeps running in the cluster,
+    and nothing of the run stays in the worker (no follower, no subscription)."""
+    from prefect_kubernetes_rs import _core
+
+    flow_run = new_flow_run()
+    configuration = await configuration_for(flow_run, cluster_config, command="sleep 60")
+    status = TaskStatus()
+    running = asyncio.create_task(worker.run(flow_run, configuration, task_status=status))
+    while status.pid is None:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1)
+    assert _core.active_followers() == 1
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    for _ in range(50):
+        if _core.active_followers() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert _core.active_followers() == 0
+    cluster = await worker._cluster(configuration)
+    assert cluster.watch_stats("default")["subscribed_runs"] == 0
+    (job,) = jobs_of(testbed, flow_run)
+    assert job["metadata"].get("deletionTimestamp") is None
+    testbed.kubectl(
+        "delete", "job", job["metadata"]["name"], "--cascade=foreground", "--wait=false"
+    )
+
+
+@pytest.fixture
+def captured_events(monkeypatch):
+    """The Prefect events the worker emits, recorded instead of sent."""
+    from prefect.events import Event
+
+    emitted: list[Event] = []
+
+    def record(**kwargs):
+        follows = kwargs.pop("follows", None)
+        event = Event(**kwargs, follows=follows.id if follows else None)
+        emitted.append(event)
+        return event
+
+    monkeypatch.setattr("prefect_kubernetes_rs.worker.emit_event", record)
+    return emitted
+
+
+async def test_pod_phases_are_replicated_as_prefect_events(worker, cluster_config, captured_events):
+    result, _, flow_run = await run_flow(
+        worker, cluster_config, annotations=scripted(run_seconds=1)
+    )
+    assert result.status_code == 0
+    events = [e for e in captured_events if e.event.startswith("prefect.kubernetes.pod.")]
+    names = [event.event for event in events]
+    assert names[-1] == "prefect.kubernetes.pod.succeeded"
+    assert "prefect.kubernetes.pod.running" in names
+    resource = events[-1].resource
+    assert resource["prefect.resource.id"].startswith("prefect.kubernetes.pod.")
+    assert resource["kubernetes.namespace"] == "default"
+    assert all(event.follows for event in events[1:]), "each event follows the previous one"
+    related_roles = {related.role for related in events[-1].related}
+    assert {"flow-run", "worker"} <= related_roles
+
+
+async def test_eviction_with_no_retries_is_zero_when_the_run_rescheduled_itself(
+    worker, cluster_config, monkeypatch
+):
+    """With backoffLimit 0 the evicted flow reschedules itself on SIGTERM; the worker checks the
+    flow run's state and reports 0 rather than a crash."""
+
+    async def rescheduled(flow_run):
+        return True
+
+    monkeypatch.setattr(worker, "_was_rescheduled", rescheduled)
+    result, _, _ = await run_flow(
+        worker, cluster_config, annotations=scripted(evict_after_seconds=1, run_seconds=30)
+    )
+    assert result.status_code == 0
+
+
+async def test_job_watch_timeout_is_an_overall_deadline(worker, cluster_config, testbed, caplog):
+    caplog.set_level(logging.INFO)
+    result, _, flow_run = await run_flow(
+        worker, cluster_config, command="sleep 60", job_watch_timeout_seconds=3
+    )
+    assert result.status_code == -1
+    assert "did not complete within 3 s" in caplog.text
+    for _ in range(50):
+        if not jobs_of(testbed, flow_run):
+            break
+        await asyncio.sleep(0.2)
+    assert jobs_of(testbed, flow_run) == []
+
+
+async def test_thousands_of_finished_jobs_cost_a_run_nothing_more(testbed):
+    """The watchers start from "now": a namespace full of old Prefect Jobs is never listed."""
+    from kubernetes_asyncio import client, config
+
+    async def one_run(namespace: str) -> dict:
+        testbed.proxy("POST", "/counts/reset")
+        async with Worker(f"history-{namespace}") as worker:
+            result, _, _ = await run_flow(
+                worker, block(testbed, testbed.proxy_kubeconfig), namespace=namespace,
+                annotations=scripted(log_lines=2),
+            )  # fmt: skip
+        assert result.status_code == 0
+        return testbed.proxy("GET", "/counts")["patterns"]
+
+    for namespace in ("quiet", "crowded"):
+        testbed.kubectl("create", "namespace", namespace)
+    api_client = await config.new_client_from_config(config_file=str(testbed.kubeconfig))
+    async with api_client:
+        batch = client.BatchV1Api(api_client)
+        semaphore = asyncio.Semaphore(40)
+
+        async def old_job(n: int) -> None:
+            async with semaphore:
+                await batch.create_namespaced_job("crowded", {
+                    "apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": f"old-{n}",
+                                 "labels": {"prefect.io/flow-run-id": str(uuid.uuid4())}},
+                    "spec": {"parallelism": 0, "template": {"spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "prefect-job", "image": "x"}]}}},
+                })  # fmt: skip
+
+        await asyncio.gather(*[old_job(n) for n in range(2000)])
+    quiet = await one_run("quiet")
+    crowded = await one_run("crowded")
+    normalise = lambda patterns: {  # noqa: E731
+        pattern: {verb: count for verb, count in verbs.items()}
+        for pattern, verbs in patterns.items() if not pattern.endswith("/log")
+    }  # fmt: skip
+    assert normalise(crowded) == normalise(quiet)

@@ -14,6 +14,7 @@ __all__ = [
     "RunEvents",
     "RunWatch",
     "__version__",
+    "active_followers",
     "default_job_manifest_template",
     "prepare_job_manifest",
     "render_template",
@@ -79,6 +80,9 @@ def slugify_label_key(key: str) -> str:
 def slugify_label_value(value: str) -> str:
     """A label value slug of at most 63 characters, case kept."""
 
+def active_followers() -> int:
+    """How many runs this process is following right now."""
+
 def split_command(command: str) -> list[str]:
     """Split `command` into words as a POSIX shell does (Python's `shlex.split`)."""
 
@@ -137,8 +141,9 @@ class ClusterHandle:
     def cluster_uid(self) -> Awaitable[tuple[str | None, str | None]]:
         """`(uid, None)` of the kube-system namespace, or `(None, reason)`; read once."""
 
-    def watch_stats(self, namespace: str) -> tuple[int, int, int]:
-        """`(job watches opened, pod watches opened, resyncs)` of a namespace's watchers."""
+    def watch_stats(self, namespace: str) -> dict[str, int]:
+        """The shared watchers of a namespace: `job_watches_opened`, `pod_watches_opened`,
+        `resyncs`, `subscribed_runs`."""
 
 @final
 class RunWatch:

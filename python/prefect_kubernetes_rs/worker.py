@@ -399,9 +399,23 @@ class KubernetesWorker(
         super().__init__(*args, **kwargs)
         # One set of clients (and shared watchers) for the worker's lifetime.
         self._kubernetes = _core.KubernetesClients()
+        # Secrets this worker created: (cluster, namespace, name), deleted at teardown.
+        self._created_secrets: dict[tuple[str, str], Any] = {}
 
     async def teardown(self, *exc_info: Any) -> None:
         await super().teardown(*exc_info)
+        await self.close_kubernetes()
+
+    async def close_kubernetes(self) -> None:
+        """Delete the Secrets this worker created and stop its watchers."""
+        for (namespace, name), cluster in list(self._created_secrets.items()):
+            try:
+                await cluster.delete_secret(namespace, name)
+            except Exception as error:  # noqa: BLE001 - teardown goes on; say what was left
+                self._logger.warning(
+                    "Could not delete Secret %r in namespace %r: %s", name, namespace, error
+                )
+        self._created_secrets.clear()
         await self._kubernetes.close()
 
     async def _cluster(self, configuration: KubernetesWorkerJobConfiguration) -> Any:
@@ -429,6 +443,7 @@ class KubernetesWorker(
         # Subscribe before creating the Job, so none of its events is missed.
         run_watch = await cluster.watch_run(namespace, str(flow_run.id))
         try:
+            await self._keep_credentials_out_of_the_manifest(cluster, configuration, logger)
             logger.info("Creating Kubernetes job...")
             job = await self._create_job(cluster, configuration, flow_run)
             pid = await self._infrastructure_pid(cluster, job, logger)
@@ -461,6 +476,37 @@ class KubernetesWorker(
             logger.info("The pod was evicted and the flow run rescheduled itself.")
             status_code = 0
         return KubernetesWorkerResult(identifier=pid, status_code=status_code)
+
+    async def _keep_credentials_out_of_the_manifest(
+        self, cluster: Any, configuration: KubernetesWorkerJobConfiguration, logger: Any
+    ) -> None:
+        """Point `PREFECT_API_KEY` / `PREFECT_API_AUTH_STRING` at Secrets when configured to."""
+        settings = KubernetesRsSettings().worker
+        env = _prefect_container(configuration.job_manifest).get("env") or []
+        namespace = configuration.namespace
+        secret_name = settings.api_key_secret_name
+        secret_key = settings.api_key_secret_key or "value"
+        api_key = next(
+            (e.get("value") for e in env if e.get("name") == "PREFECT_API_KEY" and e.get("value")),
+            None,
+        )
+        if not secret_name and settings.create_secret_for_api_key and api_key:
+            secret_name = f"prefect-{_core.slugify_name(self.name) or 'worker'}-api-key"
+            secret_key = "value"
+            await cluster.apply_secret(namespace, secret_name, secret_key, api_key)
+            self._created_secrets[(namespace, secret_name)] = cluster
+        if secret_name:
+            _reference_secret(env, "PREFECT_API_KEY", secret_name, secret_key)
+        auth_name = settings.api_auth_string_secret_name
+        auth_key = settings.api_auth_string_secret_key
+        if auth_name and auth_key:
+            _reference_secret(env, "PREFECT_API_AUTH_STRING", auth_name, auth_key)
+        elif any(e.get("name") == "PREFECT_API_AUTH_STRING" and e.get("value") for e in env):
+            logger.warning(
+                "PREFECT_API_AUTH_STRING is written into the Job manifest in plain text. Set "
+                "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME and _KEY "
+                "to read it from a Kubernetes Secret instead."
+            )
 
     async def _create_job(
         self, cluster: Any, configuration: KubernetesWorkerJobConfiguration, flow_run: FlowRun
@@ -571,6 +617,22 @@ class KubernetesWorker(
                 f"Unable to kill job {job_name!r}: it was not found in namespace {namespace!r}."
             )
         self._logger.info("Deleted Kubernetes job %r in namespace %r", job_name, namespace)
+
+
+def _prefect_container(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The container named `prefect-job` (validation guarantees there is exactly one)."""
+    containers = manifest["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c.get("name") == "prefect-job")
+
+
+def _reference_secret(env: list[dict[str, Any]], name: str, secret: str, key: str) -> None:
+    """Make every entry named `name` read its value from `secret`/`key`."""
+    for index, entry in enumerate(env):
+        if entry.get("name") == name:
+            env[index] = {
+                "name": name,
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+            }
 
 
 def _creation_failure(error: KubernetesApiError, namespace: str) -> str:

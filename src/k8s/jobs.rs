@@ -276,3 +276,128 @@ pub fn describe_event(kind: &str, event: &Event) -> String {
         _ => format!("{kind} event '{reason}' at {time}: {message}"),
     }
 }
+
+/// Creates the Secret `name` holding `value` under `key`, or replaces its data when it exists.
+/// The value never appears in an error: only the Secret's name does.
+pub async fn apply_secret(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), namespace);
+    let what = format!("secret '{name}' in namespace '{namespace}'");
+    let data = BTreeMap::from([(key.to_owned(), ByteString(value.as_bytes().to_vec()))]);
+    match secrets
+        .get_opt(name)
+        .await
+        .map_err(|error| K8sError::from_kube(error, "get", &what))?
+    {
+        Some(mut existing) => {
+            existing.data = Some(data);
+            existing.string_data = None;
+            secrets
+                .replace(name, &PostParams::default(), &existing)
+                .await
+                .map_err(|error| K8sError::from_kube(error, "replace", &what))?;
+        }
+        None => {
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/managed-by".into(),
+                        "prefect".into(),
+                    )])),
+                    ..Default::default()
+                },
+                data: Some(data),
+                ..Default::default()
+            };
+            secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .map_err(|error| K8sError::from_kube(error, "create", &what))?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the Secret `name`; `Ok(false)` when it did not exist.
+pub async fn delete_secret(cluster: &Cluster, namespace: &str, name: &str) -> Result<bool> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), namespace);
+    match secrets.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(error) => Err(K8sError::from_kube(
+            error,
+            "delete",
+            &format!("secret '{name}' in namespace '{namespace}'"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(value: serde_json::Value) -> Event {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn events_read_with_either_timestamp_shape() {
+        let legacy = event(
+            json!({"metadata": {"name": "a"}, "involvedObject": {}, "reason": "Failed",
+            "message": "Failed to pull image", "count": 3, "lastTimestamp": "2026-01-01T00:00:05Z"}),
+        );
+        let newer = event(
+            json!({"metadata": {"name": "b"}, "involvedObject": {}, "reason": "Scheduled",
+            "message": "assigned", "eventTime": "2026-01-01T00:00:01.500000Z"}),
+        );
+        assert_eq!(
+            describe_event("Pod", &legacy),
+            "Pod event 'Failed' (3 times) at 2026-01-01T00:00:05Z: Failed to pull image"
+        );
+        assert_eq!(
+            describe_event("Pod", &newer),
+            "Pod event 'Scheduled' at 2026-01-01T00:00:01.5Z: assigned"
+        );
+        let mut events = vec![legacy, newer];
+        events.sort_by_key(event_time);
+        assert_eq!(
+            events[0].reason.as_deref(),
+            Some("Scheduled"),
+            "sorted by whichever time they have"
+        );
+    }
+
+    #[test]
+    fn retry_pauses_stay_within_the_configured_jitter_and_honour_the_server() {
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            delay: Duration::from_secs(1),
+            jitter_min: Duration::from_millis(100),
+            jitter_max: Duration::from_millis(300),
+        };
+        for _ in 0..100 {
+            let pause = retry.pause(None);
+            assert!(
+                pause >= Duration::from_millis(1100) && pause <= Duration::from_millis(1300),
+                "{pause:?}"
+            );
+        }
+        assert_eq!(
+            retry.pause(Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+    }
+}

@@ -29,8 +29,10 @@ const HARD_WAITING_REASONS: [&str; 4] = [
     "CreateContainerConfigError",
 ];
 
-/// How long the Job may take to report its end once its pods are done, and the log to drain.
+/// How long the log may take to drain once the Job is over.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the newest pod's final status once the Job is over.
+const POD_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a run is followed (the job configuration's fields).
 #[derive(Debug, Clone)]
@@ -314,6 +316,19 @@ impl RunState {
         }
     }
 
+    /// Is the newest pod's story told: no pod, or one in a final phase or with an ended flow
+    /// container?
+    pub fn newest_pod_settled(&self) -> bool {
+        match self.pods_newest_first().first() {
+            None => true,
+            Some(pod) => {
+                matches!(pod_phase(pod), "Succeeded" | "Failed")
+                    || flow_container(pod).and_then(exit_code).is_some()
+                    || pod.metadata.deletion_timestamp.is_some()
+            }
+        }
+    }
+
     /// Has the flow container of `pod` ended (so its log is complete)?
     pub fn flow_container_ended(&self, pod_name: &str) -> bool {
         self.pods.get(pod_name).is_some_and(|pod| {
@@ -447,6 +462,7 @@ pub async fn follow_run(
     options: FollowOptions,
     events: mpsc::Sender<RunEvent>,
 ) {
+    let _counted = ActiveFollower::enter();
     let namespace = subscription.namespace().to_owned();
     let mut state = RunState::new(&job_name);
     let mut follower = RunFollower {
@@ -461,6 +477,30 @@ pub async fn follow_run(
         .await;
     follower.finish_logs().await;
     let _ = follower.events.send(RunEvent::Finished(outcome)).await;
+}
+
+/// Runs being followed right now in this process (for tests and benchmarks: a cancelled run
+/// must leave nothing running behind).
+static ACTIVE_FOLLOWERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many runs are being followed in this process.
+pub fn active_followers() -> usize {
+    ACTIVE_FOLLOWERS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+struct ActiveFollower;
+
+impl ActiveFollower {
+    fn enter() -> Self {
+        ACTIVE_FOLLOWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ActiveFollower
+    }
+}
+
+impl Drop for ActiveFollower {
+    fn drop(&mut self) {
+        ACTIVE_FOLLOWERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 struct LogTask {
@@ -520,7 +560,7 @@ impl RunFollower {
         let mut last_pending = None;
         loop {
             if let Some(end) = state.job_end() {
-                return self.ended(state, &end).await;
+                return self.ended(state, subscription, &end).await;
             }
             match state.start_status() {
                 StartStatus::Started => break,
@@ -563,7 +603,7 @@ impl RunFollower {
                 self.update_log_tasks(state);
             }
             if let Some(end) = state.job_end() {
-                return self.ended(state, &end).await;
+                return self.ended(state, subscription, &end).await;
             }
             let until_deadline = async {
                 match deadline {
@@ -591,8 +631,23 @@ impl RunFollower {
         }
     }
 
-    async fn ended(&self, state: &RunState, end: &JobEnd) -> RunOutcome {
-        let job = &self.job_name;
+    async fn ended(
+        &mut self,
+        state: &mut RunState,
+        subscription: &mut RunSubscription,
+        end: &JobEnd,
+    ) -> RunOutcome {
+        // The Job and its pods come on different watches: the pod's last status may still be on
+        // its way. Take it in (bounded) so the exit code and the last phase event are right.
+        let settle_until = Instant::now() + POD_SETTLE_TIMEOUT;
+        while !state.newest_pod_settled() {
+            tokio::select! {
+                alive = self.next_event(state, subscription) => if !alive { break },
+                _ = tokio::time::sleep_until(settle_until) => break,
+            }
+        }
+        let job = self.job_name.clone();
+        let job = &job;
         match end {
             JobEnd::Complete => {
                 self.say(Level::Info, format!("Job '{job}' completed"))

@@ -164,6 +164,17 @@ impl NamespaceWatch {
         }
     }
 
+    /// How many runs are subscribed now.
+    pub fn subscribed_runs(&self) -> usize {
+        self.jobs
+            .subscribers
+            .lock()
+            .expect("subscribers lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
     /// Counters of the job watcher and the pod watcher.
     pub fn stats(&self) -> (Arc<WatchStats>, Arc<WatchStats>) {
         (self.jobs.stats.clone(), self.pods.stats.clone())
