@@ -371,7 +371,7 @@ mod tests {
             describe_event("Pod", &newer),
             "Pod event 'Scheduled' at 2026-01-01T00:00:01.5Z: assigned"
         );
-        let mut events = vec![legacy, newer];
+        let mut events = [legacy, newer];
         events.sort_by_key(event_time);
         assert_eq!(
             events[0].reason.as_deref(),
