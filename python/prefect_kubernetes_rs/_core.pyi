@@ -138,6 +138,12 @@ class ClusterHandle:
     ) -> Awaitable[bool]:
         """Delete a Job with Foreground propagation; False when it did not exist."""
 
+    def apply_secret(self, namespace: str, name: str, key: str, value: str) -> Awaitable[None]:
+        """Create the Secret `name` with `value` under `key`, or replace its data."""
+
+    def delete_secret(self, namespace: str, name: str) -> Awaitable[bool]:
+        """Delete the Secret `name`; False when it did not exist."""
+
     def cluster_uid(self) -> Awaitable[tuple[str | None, str | None]]:
         """`(uid, None)` of the kube-system namespace, or `(None, reason)`; read once."""
 
