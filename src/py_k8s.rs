@@ -126,7 +126,11 @@ impl ClusterHandle {
     ) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
         future_into_py(py, async move {
-            let subscription = cluster.namespace(&namespace).subscribe(&flow_run_id).await;
+            let subscription = cluster
+                .namespace(&namespace)
+                .subscribe(&flow_run_id)
+                .await
+                .map_err(k8s_error)?;
             Ok(RunWatch {
                 cluster,
                 subscription: Mutex::new(Some(subscription)),

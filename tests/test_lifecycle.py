@@ -540,3 +540,61 @@ async def test_thousands_of_finished_jobs_cost_a_run_nothing_more(testbed):
         for pattern, verbs in patterns.items() if not pattern.endswith("/log")
     }  # fmt: skip
     assert normalise(crowded) == normalise(quiet)
+
+
+async def test_non_utf8_bytes_and_very_long_lines_do_not_break_the_log(
+    worker, cluster_config, capsys
+):
+    result, _, _ = await run_flow(
+        worker, cluster_config,
+        annotations=scripted(log_lines=40, log_non_utf8=True, log_long_line_bytes=2_000_000),
+    )  # fmt: skip
+    assert result.status_code == 0
+    lines = capsys.readouterr().out.splitlines()
+    numbered = [line for line in lines if line.startswith("line ")]
+    assert [line.split()[1] for line in numbered] == [str(n) for n in range(1, 41)]
+    assert any("\ufffd" in line for line in numbered), "invalid bytes are shown, not fatal"
+    assert any(len(line) >= 2_000_000 - 10 for line in lines), "the long line arrives whole"
+
+
+async def test_creation_errors_name_the_reason_and_hint(worker, testbed):
+    from prefect.exceptions import InfrastructureError
+
+    flow_run = new_flow_run()
+    configuration = await configuration_for(flow_run, block(testbed), namespace="no-such-ns")
+    with pytest.raises(InfrastructureError) as missing:
+        await worker.run(flow_run, configuration, task_status=TaskStatus())
+    assert str(missing.value).startswith("Unable to create Kubernetes job: NotFound: ")
+    assert "Hint: Create the namespace 'no-such-ns'" in str(missing.value)
+
+    testbed.kubectl("create", "namespace", "off-limits")
+    narrow = block(testbed, testbed.narrow_kubeconfig)
+    configuration = await configuration_for(flow_run, narrow, namespace="off-limits")
+    with pytest.raises(InfrastructureError) as forbidden:
+        await worker.run(flow_run, configuration, task_status=TaskStatus())
+    assert "Forbidden: " in str(forbidden.value)
+    assert "the worker needs get, list and watch on jobs and pods" in str(forbidden.value)
+
+
+async def test_an_unreachable_cluster_or_broken_kubeconfig_is_named(worker, testbed):
+    import socket
+
+    from prefect.exceptions import InfrastructureNotAvailable
+
+    broken = block(testbed)
+    broken["context_name"] = "no-such-context"
+    configuration = await configuration_for(new_flow_run(), broken)
+    with pytest.raises(InfrastructureNotAvailable, match="cluster_config block.*no-such-context"):
+        await worker.run(new_flow_run(), configuration, task_status=TaskStatus())
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    unreachable = block(testbed)
+    unreachable["config"]["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{closed_port}"
+    configuration = await configuration_for(new_flow_run(), unreachable)
+    status = TaskStatus()
+    with pytest.raises(Exception, match=f"127.0.0.1:{closed_port}") as caught:
+        await asyncio.wait_for(worker.run(new_flow_run(), configuration, task_status=status), 60)
+    assert status.pid is None
+    assert "cluster_config block" in str(caught.value) or "refused" in str(caught.value).lower()

@@ -152,8 +152,34 @@ def test_foreground_deletion_removes_the_pods(testbed):
             {"invalid-image": "true"},
             lambda pod, events: _waiting(pod) == "InvalidImageName",
         ),
+        (
+            {"node-lost-after-seconds": "0.5", "run-seconds": "30"},
+            lambda pod, events: (
+                pod["status"].get("reason") == "NodeLost"
+                and _terminated(pod) is None
+                and any(
+                    c["type"] == "Ready" and c["status"] == "False"
+                    for c in pod["status"].get("conditions", [])
+                )
+            ),
+        ),
+        (
+            {"start-delay-seconds": "3"},
+            lambda pod, events: (
+                pod["status"].get("phase") == "Pending" and _waiting(pod) == "ContainerCreating"
+            ),
+        ),
     ],
-    ids=["oom", "exit-code", "image-pull", "unschedulable", "eviction", "invalid-image"],
+    ids=[
+        "oom",
+        "exit-code",
+        "image-pull",
+        "unschedulable",
+        "eviction",
+        "invalid-image",
+        "node-lost",
+        "slow-start",
+    ],  # fmt: skip
 )
 def test_scripted_behaviours_look_like_a_real_kubelet(testbed, behaviour, check):
     name = unique("script")
@@ -272,4 +298,54 @@ def test_proxy_faults_happen_as_configured(testbed):
     counts = testbed.proxy("GET", "/counts")
     assert counts["verbs"]["list"] >= 2
     assert counts["statuses"]["503"] == 1
+    testbed.proxy("POST", "/reset")
+
+
+def test_proxy_throttles_resets_and_cuts_as_told(testbed):
+    import urllib.error
+    import urllib.request
+
+    testbed.proxy("POST", "/reset")
+    kubeconfig = testbed.proxy_kubeconfig
+    testbed.proxy("POST", "/rules", {"verb": "get", "action": "status", "code": 429,
+                                     "retry_after": 2, "times": 1})  # fmt: skip
+    config = testbed.kubeconfig_dict(kubeconfig)
+    server = config["clusters"][0]["cluster"]["server"]
+    token = config["users"][0]["user"]["token"]
+    import base64
+    import ssl
+    import tempfile
+
+    ca = tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False)
+    ca.write(base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]))
+    ca.close()
+    context = ssl.create_default_context(cafile=ca.name)
+    request = urllib.request.Request(
+        f"{server}/api/v1/namespaces/default", headers={"Authorization": f"Bearer {token}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as throttled:
+        urllib.request.urlopen(request, context=context, timeout=10)
+    assert throttled.value.code == 429
+    assert throttled.value.headers["Retry-After"] == "2"
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+        assert response.status == 200
+
+    testbed.proxy("POST", "/rules", {"verb": "get", "action": "reset", "times": 1})
+    with pytest.raises((ConnectionError, urllib.error.URLError)):
+        urllib.request.urlopen(request, context=context, timeout=10)
+
+    namespace = unique("cut")
+    testbed.kubectl("create", "namespace", namespace)
+    for n in range(3):
+        testbed.kubectl("create", "configmap", f"c{n}", "-n", namespace, "--from-literal=k=v")
+    testbed.proxy("POST", "/rules", {"verb": "watch", "action": "cut-after-events",
+                                     "events": 2, "times": 1})  # fmt: skip
+    watch = urllib.request.Request(
+        f"{server}/api/v1/namespaces/{namespace}/configmaps?watch=true&timeoutSeconds=20",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    started = time.monotonic()
+    with urllib.request.urlopen(watch, context=context, timeout=30) as response:
+        lines = [line for line in response.read().splitlines() if line.strip()]
+    assert len(lines) == 2 and time.monotonic() - started < 15, "cut after two events"
     testbed.proxy("POST", "/reset")

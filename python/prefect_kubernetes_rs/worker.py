@@ -441,7 +441,19 @@ class KubernetesWorker(
         cluster = await self._cluster(configuration)
         namespace = configuration.namespace
         # Subscribe before creating the Job, so none of its events is missed.
-        run_watch = await cluster.watch_run(namespace, str(flow_run.id))
+        try:
+            run_watch = await cluster.watch_run(namespace, str(flow_run.id))
+        except KubernetesApiError as error:
+            raise InfrastructureError(
+                f"Unable to watch Kubernetes jobs and pods in namespace {namespace!r}: "
+                f"{error.reason}: {error.api_message}. Hint: the worker needs get, list and "
+                "watch on jobs and pods (and pods/log) there."
+            ) from error
+        except ClusterUnreachableError as error:
+            raise InfrastructureNotAvailable(
+                f"Unable to reach the Kubernetes API server {cluster.server} (configured by "
+                f"{cluster.source_name}): {error}"
+            ) from error
         try:
             await self._keep_credentials_out_of_the_manifest(cluster, configuration, logger)
             logger.info("Creating Kubernetes job...")

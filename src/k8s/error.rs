@@ -9,7 +9,7 @@ pub type Result<T, E = K8sError> = std::result::Result<T, E>;
 ///
 /// Every message names where the cluster configuration came from, or the object involved, and
 /// never contains a secret value.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum K8sError {
     /// The cluster configuration could not be read or used.
     #[error("cannot use the Kubernetes configuration from {source_name}: {reason}")]

@@ -58,10 +58,21 @@ pub struct WatchStats {
     pub events: AtomicU64,
 }
 
+/// Whether a shared watch is open.
+#[derive(Debug, Clone)]
+enum WatchState {
+    /// Opening for the first time.
+    Starting,
+    /// Watching.
+    Ready,
+    /// The last attempt to open it failed (it keeps trying in the background).
+    Failing(K8sError),
+}
+
 /// One long-running watch of one kind of object in one namespace.
 struct SharedWatch<K: Clone> {
     subscribers: Subscribers<K>,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<WatchState>,
     task: JoinHandle<()>,
     stats: Arc<WatchStats>,
 }
@@ -78,7 +89,7 @@ where
 {
     fn start(client: Client, namespace: &str, kind: &'static str) -> Self {
         let subscribers: Subscribers<K> = Arc::default();
-        let (ready_tx, ready) = watch::channel(false);
+        let (ready_tx, ready) = watch::channel(WatchState::Starting);
         let stats = Arc::new(WatchStats::default());
         let api: Api<K> = Api::namespaced(client, namespace);
         let task = tokio::spawn(watch_loop(
@@ -117,9 +128,21 @@ where
         }
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until the watch is open, or fails with why it cannot open (e.g. the worker may
+    /// not list or watch this kind of object there, or the API server is unreachable).
+    async fn wait_ready(&self) -> Result<(), K8sError> {
         let mut ready = self.ready.clone();
-        let _ = ready.wait_for(|ready| *ready).await;
+        let state = match ready
+            .wait_for(|state| !matches!(state, WatchState::Starting))
+            .await
+        {
+            Ok(state) => state.clone(),
+            Err(_) => return Ok(()),
+        };
+        match state {
+            WatchState::Failing(error) => Err(error),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -148,20 +171,26 @@ impl NamespaceWatch {
     }
 
     /// Subscribes to the Jobs and pods of `flow_run_id`; returns once both watches are open,
-    /// so a Job created afterwards is seen from its creation on.
-    pub async fn subscribe(self: &Arc<Self>, flow_run_id: &str) -> RunSubscription {
+    /// so a Job created afterwards is seen from its creation on. Fails, subscribing nothing,
+    /// when a watch cannot be opened (no permission, unreachable API server).
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        flow_run_id: &str,
+    ) -> Result<RunSubscription, K8sError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let jobs = self.jobs.subscribe(id, flow_run_id);
         let pods = self.pods.subscribe(id, flow_run_id);
-        self.jobs.wait_ready().await;
-        self.pods.wait_ready().await;
-        RunSubscription {
+        // Dropped on an error below, which unsubscribes it.
+        let subscription = RunSubscription {
             watch: self.clone(),
             id,
             flow_run_id: flow_run_id.to_owned(),
             jobs,
             pods,
-        }
+        };
+        self.jobs.wait_ready().await?;
+        self.pods.wait_ready().await?;
+        Ok(subscription)
     }
 
     /// How many runs are subscribed now.
@@ -267,7 +296,7 @@ async fn watch_loop<K>(
     api: Api<K>,
     what: String,
     subscribers: Subscribers<K>,
-    ready: watch::Sender<bool>,
+    ready: watch::Sender<WatchState>,
     stats: Arc<WatchStats>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -283,10 +312,10 @@ async fn watch_loop<K>(
         {
             Ok(list) => list.metadata.resource_version.unwrap_or_default(),
             Err(error) => {
-                log::warn!(
-                    "cannot start watching {what}: {}",
-                    K8sError::from_kube(error, "list", &what)
-                );
+                let error = K8sError::from_kube(error, "list", &what);
+                log::warn!("cannot start watching {what}: {error}");
+                // Runs waiting to subscribe learn why; the watch keeps trying in the background.
+                let _ = ready.send(WatchState::Failing(error));
                 backoff.wait().await;
                 continue;
             }
@@ -300,7 +329,7 @@ async fn watch_loop<K>(
             }
         }
         first = false;
-        let _ = ready.send(true);
+        let _ = ready.send(WatchState::Ready);
         let mut version = version;
         loop {
             match watch_once(&api, &selector, &mut version, &subscribers, &stats).await {
