@@ -117,6 +117,19 @@ async def run_flow(worker, cluster_config, **values) -> tuple[Any, TaskStatus, F
     return result, status, flow_run
 
 
+async def start_run(worker, cluster_config, **values) -> tuple[asyncio.Task, TaskStatus, FlowRun]:
+    """Start a run in the background; return once its Job exists and its pid is reported."""
+    flow_run = new_flow_run()
+    configuration = await configuration_for(flow_run, cluster_config, **values)
+    status = TaskStatus()
+    running = asyncio.create_task(worker.run(flow_run, configuration, task_status=status))
+    while status.pid is None:
+        if running.done():
+            running.result()
+        await asyncio.sleep(0.1)
+    return running, status, flow_run
+
+
 def jobs_of(testbed, flow_run: FlowRun) -> list[dict]:
     import json
 
@@ -221,12 +234,7 @@ async def test_node_lost_is_minus_one_with_a_reason(worker, testbed, caplog):
 
 async def test_job_deleted_from_outside_ends_the_run(worker, cluster_config, testbed, caplog):
     caplog.set_level(logging.INFO)
-    flow_run = new_flow_run()
-    configuration = await configuration_for(flow_run, cluster_config, command="sleep 60")
-    status = TaskStatus()
-    running = asyncio.create_task(worker.run(flow_run, configuration, task_status=status))
-    while status.pid is None:
-        await asyncio.sleep(0.1)
+    running, status, flow_run = await start_run(worker, cluster_config, command="sleep 60")
     await asyncio.sleep(2)
     job_name = status.pid.split(":")[-1]
     testbed.kubectl("delete", "job", job_name, "-n", "default", "--wait=false")
@@ -305,12 +313,8 @@ async def test_a_narrow_rbac_user_still_gets_a_pid(testbed, caplog):
 
 async def test_kill_infrastructure_accepts_both_pid_forms(worker, cluster_config, testbed):
     for strip_uid in (False, True):
-        flow_run = new_flow_run()
-        configuration = await configuration_for(flow_run, cluster_config, command="sleep 120")
-        status = TaskStatus()
-        running = asyncio.create_task(worker.run(flow_run, configuration, task_status=status))
-        while status.pid is None:
-            await asyncio.sleep(0.1)
+        running, status, flow_run = await start_run(worker, cluster_config, command="sleep 120")
+        configuration = await configuration_for(flow_run, cluster_config)
         pid = status.pid.split(":", 1)[1] if strip_uid else status.pid
         await worker.kill_infrastructure(pid, configuration, grace_seconds=1)
         result = await asyncio.wait_for(running, 60)
@@ -411,12 +415,7 @@ async def test_cancelling_a_run_leaves_nothing_behind_and_keeps_the_job(
     and nothing of the run stays in the worker (no follower, no subscription)."""
     from prefect_kubernetes_rs import _core
 
-    flow_run = new_flow_run()
-    configuration = await configuration_for(flow_run, cluster_config, command="sleep 60")
-    status = TaskStatus()
-    running = asyncio.create_task(worker.run(flow_run, configuration, task_status=status))
-    while status.pid is None:
-        await asyncio.sleep(0.1)
+    running, status, flow_run = await start_run(worker, cluster_config, command="sleep 60")
     await asyncio.sleep(1)
     assert _core.active_followers() == 1
     running.cancel()
@@ -427,7 +426,8 @@ async def test_cancelling_a_run_leaves_nothing_behind_and_keeps_the_job(
             break
         await asyncio.sleep(0.1)
     assert _core.active_followers() == 0
-    cluster = await worker._cluster(configuration)
+    config, context = cluster_config["config"], cluster_config["context_name"]
+    cluster = await worker._kubernetes.connect(config, context)
     assert cluster.watch_stats("default")["subscribed_runs"] == 0
     (job,) = jobs_of(testbed, flow_run)
     assert job["metadata"].get("deletionTimestamp") is None
