@@ -45,6 +45,10 @@ testbed: ## Build the Kubernetes testbed: control plane (cached, ~5 min once), f
 	tests/testbed/build-control-plane.sh
 	cargo build --locked --release -p pkr-fake-kubelet -p pkr-fault-proxy
 
+.PHONY: demo
+demo: install testbed ## The main job: local Kubernetes + Prefect server + worker + three example flow runs
+	$(BIN)/python demo/run_demo.py
+
 .PHONY: test
 test: install testbed ## Everything: Rust and Python tests, parity, the testbed and the Job lifecycle on it
 	@echo "==> cargo test (workspace)"
@@ -68,15 +72,15 @@ test-fast: install ## Python tests that need no cluster (templating, parity, ins
 lint: $(STAMP)-venv install ## rustfmt, clippy -D warnings, ruff, and the _core.pyi stub check
 	cargo fmt --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
-	$(BIN)/ruff check python tests bench
-	$(BIN)/ruff format --check python tests bench
+	$(BIN)/ruff check python tests bench demo
+	$(BIN)/ruff format --check python tests bench demo
 	$(BIN)/python -m mypy.stubtest prefect_kubernetes_rs._core
 
 .PHONY: fmt
 fmt: $(STAMP)-venv ## Format Rust and Python code
 	cargo fmt
-	$(BIN)/ruff format python tests bench
-	$(BIN)/ruff check --fix python tests bench
+	$(BIN)/ruff format python tests bench demo
+	$(BIN)/ruff check --fix python tests bench demo
 
 .PHONY: bench
 bench: install ## Benchmarks against prefect-kubernetes, written to bench/results/
