@@ -438,6 +438,8 @@ class KubernetesWorker(
     ) -> KubernetesWorkerResult:
         """Create the flow run's Job, report its pid, follow it to the end, return its exit code."""
         logger = self.get_flow_run_logger(flow_run)
+        # Read once per run: settings come from the environment and files, which may change.
+        settings = KubernetesRsSettings()
         cluster = await self._cluster(configuration)
         namespace = configuration.namespace
         # Subscribe before creating the Job, so none of its events is missed.
@@ -455,10 +457,12 @@ class KubernetesWorker(
                 f"{cluster.source_name}): {error}"
             ) from error
         try:
-            await self._keep_credentials_out_of_the_manifest(cluster, configuration, logger)
+            await self._keep_credentials_out_of_the_manifest(
+                cluster, configuration, settings, logger
+            )
             logger.info("Creating Kubernetes job...")
-            job = await self._create_job(cluster, configuration, flow_run)
-            pid = await self._infrastructure_pid(cluster, job, logger)
+            job = await self._create_job(cluster, configuration, settings, flow_run)
+            pid = await self._infrastructure_pid(cluster, job, settings, logger)
             logger.info(
                 "Kubernetes job %r %s in namespace %r",
                 job["name"],
@@ -490,10 +494,14 @@ class KubernetesWorker(
         return KubernetesWorkerResult(identifier=pid, status_code=status_code)
 
     async def _keep_credentials_out_of_the_manifest(
-        self, cluster: Any, configuration: KubernetesWorkerJobConfiguration, logger: Any
+        self,
+        cluster: Any,
+        configuration: KubernetesWorkerJobConfiguration,
+        all_settings: KubernetesRsSettings,
+        logger: Any,
     ) -> None:
         """Point `PREFECT_API_KEY` / `PREFECT_API_AUTH_STRING` at Secrets when configured to."""
-        settings = KubernetesRsSettings().worker
+        settings = all_settings.worker
         env = _prefect_container(configuration.job_manifest).get("env") or []
         namespace = configuration.namespace
         secret_name = settings.api_key_secret_name
@@ -521,9 +529,13 @@ class KubernetesWorker(
             )
 
     async def _create_job(
-        self, cluster: Any, configuration: KubernetesWorkerJobConfiguration, flow_run: FlowRun
+        self,
+        cluster: Any,
+        configuration: KubernetesWorkerJobConfiguration,
+        settings: KubernetesRsSettings,
+        flow_run: FlowRun,
     ) -> dict[str, Any]:
-        retry = KubernetesRsSettings().worker.create_job_retry
+        retry = settings.worker.create_job_retry
         try:
             return await cluster.create_job(
                 configuration.namespace,
@@ -542,9 +554,11 @@ class KubernetesWorker(
                 f"configured by {cluster.source_name})"
             ) from error
 
-    async def _infrastructure_pid(self, cluster: Any, job: dict[str, Any], logger: Any) -> str:
+    async def _infrastructure_pid(
+        self, cluster: Any, job: dict[str, Any], settings: KubernetesRsSettings, logger: Any
+    ) -> str:
         """`<cluster uid>:<namespace>:<job>`, or `<namespace>:<job>` when the uid is unknown."""
-        cluster_uid = KubernetesRsSettings().cluster_uid
+        cluster_uid = settings.cluster_uid
         if not cluster_uid:
             cluster_uid, reason = await cluster.cluster_uid()
             if cluster_uid is None and not self._warned_no_cluster_uid:

@@ -320,13 +320,27 @@ impl RunState {
     /// container?
     pub fn newest_pod_settled(&self) -> bool {
         match self.pods_newest_first().first() {
-            None => true,
+            // No pod seen: settled only if the Job never had one (its pods' events may lag
+            // behind the Job's on the other watch).
+            None => !self.job_had_pods(),
             Some(pod) => {
                 matches!(pod_phase(pod), "Succeeded" | "Failed")
                     || flow_container(pod).and_then(exit_code).is_some()
                     || pod.metadata.deletion_timestamp.is_some()
             }
         }
+    }
+
+    fn job_had_pods(&self) -> bool {
+        self.job
+            .as_ref()
+            .and_then(|job| job.status.as_ref())
+            .is_some_and(|status| {
+                status.active.unwrap_or(0)
+                    + status.succeeded.unwrap_or(0)
+                    + status.failed.unwrap_or(0)
+                    > 0
+            })
     }
 
     /// Has the flow container of `pod` ended (so its log is complete)?
@@ -560,7 +574,9 @@ impl RunFollower {
         let mut last_pending = None;
         loop {
             if let Some(end) = state.job_end() {
-                return self.ended(state, subscription, &end).await;
+                return self
+                    .ended(state, subscription, &end, options.stream_output)
+                    .await;
             }
             match state.start_status() {
                 StartStatus::Started => break,
@@ -603,7 +619,9 @@ impl RunFollower {
                 self.update_log_tasks(state);
             }
             if let Some(end) = state.job_end() {
-                return self.ended(state, subscription, &end).await;
+                return self
+                    .ended(state, subscription, &end, options.stream_output)
+                    .await;
             }
             let until_deadline = async {
                 match deadline {
@@ -636,6 +654,7 @@ impl RunFollower {
         state: &mut RunState,
         subscription: &mut RunSubscription,
         end: &JobEnd,
+        stream_output: bool,
     ) -> RunOutcome {
         // The Job and its pods come on different watches: the pod's last status may still be on
         // its way. Take it in (bounded) so the exit code and the last phase event are right.
@@ -645,6 +664,11 @@ impl RunFollower {
                 alive = self.next_event(state, subscription) => if !alive { break },
                 _ = tokio::time::sleep_until(settle_until) => break,
             }
+        }
+        // A short run may be over before its pod was ever seen running: its log is still there
+        // to read, so start the followers it did not get yet.
+        if stream_output {
+            self.update_log_tasks(state);
         }
         let job = self.job_name.clone();
         let job = &job;
@@ -1034,6 +1058,29 @@ mod tests {
         let outcome = state.outcome(&JobEnd::Failed("BackoffLimitExceeded".into()));
         assert!(outcome.evicted);
         assert_eq!(outcome.exit_code, -1);
+    }
+
+    #[test]
+    fn a_job_that_had_pods_is_not_settled_before_its_pods_are_seen() {
+        let mut state = RunState::new(JOB);
+        assert!(state.newest_pod_settled(), "nothing to wait for");
+        state.apply_job(ObjectEvent::Applied(job(json!({"failed": 1}))));
+        assert!(
+            !state.newest_pod_settled(),
+            "the pod's events are still on their way"
+        );
+        state.apply_pod(ObjectEvent::Applied(pod(
+            "p1",
+            "2026-01-01T00:00:00Z",
+            terminated(137, "OOMKilled"),
+        )));
+        assert!(state.newest_pod_settled());
+        assert_eq!(
+            state
+                .outcome(&JobEnd::Failed("BackoffLimitExceeded".into()))
+                .exit_code,
+            137
+        );
     }
 
     #[test]
