@@ -53,6 +53,9 @@ ensure_packages() {
     for p in "${PACKAGES[@]}"; do
         is_installed "$p" || missing+=("$p")
     done
+    # Tests drive the cluster with kubectl; Debian's kubernetes-client provides one where the
+    # machine has none of its own.
+    command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
     if ((${#missing[@]} == 0)); then
         return 0
     fi
