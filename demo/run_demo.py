@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from testbed_support import Testbed  # noqa: E402
+from testbed_support import Testbed, stop_processes  # noqa: E402
 
 POOL = "demo"
 
@@ -152,13 +152,7 @@ def main() -> int:
         say("Interrupted; stopping everything")
         return 130
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+        stop_processes(processes)
         testbed.stop()
 
 

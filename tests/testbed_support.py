@@ -46,6 +46,19 @@ def _wait_for_line(process: subprocess.Popen[str], prefix: str, timeout: float) 
     raise TimeoutError(f"{process.args[0]} did not print {prefix!r} within {timeout} s")
 
 
+def stop_processes(processes: list[subprocess.Popen], grace_seconds: float = 15) -> None:
+    """Stop each process's whole session, newest first: SIGTERM, then SIGKILL after the grace."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_seconds)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    processes.clear()
+
+
 def _fields(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split()[2:] if "=" in part)
 
@@ -112,15 +125,7 @@ class Testbed:
         return process
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-        self.processes.clear()
+        stop_processes(self.processes)
         environment = os.environ | {"PKR_CLUSTER_DIR": str(self.state_dir)}
         subprocess.run([str(CLUSTER_SCRIPT), "down"], env=environment, check=False)
 
