@@ -11,19 +11,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from testbed_support import Testbed, stop_processes  # noqa: E402
+from prefect_support import PrefectServer  # noqa: E402
+from testbed_support import Testbed  # noqa: E402
 
 POOL = "demo"
 
@@ -32,26 +31,7 @@ def say(message: str) -> None:
     print(f"\033[1m==> {message}\033[0m", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the Prefect server exited while starting")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError("the Prefect server did not become healthy")
-
-
-async def deploy_and_run(environment: dict[str, str]) -> list[tuple[str, str]]:
+async def deploy_and_run(environment: dict[str, str]) -> list[tuple[str, str, str | None]]:
     os.environ.update(environment)
     from prefect import flow
     from prefect.client.orchestration import get_client
@@ -91,15 +71,19 @@ async def deploy_and_run(environment: dict[str, str]) -> list[tuple[str, str]]:
                         f"(Job {flow_run.infrastructure_pid}) {flow_run.state.message or ''}"
                     )
             await asyncio.sleep(1)
-        return [(name, final[run_id].state.name if run_id in final else "UNFINISHED")
-                for name, run_id in runs]  # fmt: skip
+        return [
+            (name, final[run_id].state.name, final[run_id].infrastructure_pid)
+            if run_id in final
+            else (name, "UNFINISHED", None)
+            for name, run_id in runs
+        ]
 
 
 def main() -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="pkr-demo-"))
-    processes: list[subprocess.Popen] = []
     testbed = Testbed(workdir / "cluster")
+    prefect = PrefectServer(workdir / "prefect")
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -108,51 +92,45 @@ def main() -> int:
     try:
         say("Starting the local Kubernetes control plane and the fake kubelet...")
         testbed.start()
-        port = free_port()
-        api_url = f"http://127.0.0.1:{port}/api"
-        environment = {
-            "PREFECT_HOME": str(workdir / "prefect-home"),
-            "PREFECT_API_URL": api_url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "KUBECONFIG": str(testbed.kubeconfig),
-        }
-        env = os.environ | environment
-        say(f"Starting a Prefect server on {api_url} ...")
-        server_log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
-        server = subprocess.Popen(
-            ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        processes.append(server)
-        wait_healthy(f"{api_url}/health", server)
+        say("Starting a Prefect server on a free loopback port...")
+        prefect.start()
+        say(f"Prefect server up at {prefect.api_url}")
 
         say(f"Starting `prefect worker start --pool {POOL} --type kubernetes-rs` ...")
-        worker = subprocess.Popen(
-            ["prefect", "worker", "start", "--pool", POOL, "--type", "kubernetes-rs"],
-            env=env, start_new_session=True,
-        )  # fmt: skip
-        processes.append(worker)
-        time.sleep(5)
+        worker = prefect.start_worker(POOL, kubeconfig=testbed.kubeconfig, name="demo-worker")
+        say(f"Worker up; its output follows in {worker.log}")
+        follower = subprocess.Popen(["tail", "-n", "+1", "-f", str(worker.log)])
 
         say("Deploying demo/flows.py and running three flows...")
-        results = asyncio.run(deploy_and_run(environment))
+        try:
+            results = asyncio.run(
+                deploy_and_run(prefect.env | {"KUBECONFIG": str(testbed.kubeconfig)})
+            )
+            # A run's state is final before its container has ended: let the worker finish
+            # reading each Job's log and report its end.
+            for _, _, pid in results:
+                job = pid and pid.rsplit(":", 1)[1]
+                if job:
+                    worker.wait_for_any_output([f"Job '{job}' completed", f"Job '{job}' failed"])
+        finally:
+            time.sleep(0.5)  # let `tail` print the worker's last lines
+            follower.terminate()
         say("Summary")
-        for name, state in results:
+        for name, state, _ in results:
             print(f"    {name:<22} {state}")
         expected = {
             "count_sheep": "Completed",
             "divide": "Failed",
             "crash_the_container": "Crashed",
         }
-        ok = all(expected[name] == state for name, state in results)
+        ok = all(expected[name] == state for name, state, _ in results)
         say(f"Done in {time.monotonic() - started:.0f} s: {'as expected' if ok else 'UNEXPECTED'}")
         return 0 if ok else 1
     except KeyboardInterrupt:
         say("Interrupted; stopping everything")
         return 130
     finally:
-        stop_processes(processes)
+        prefect.stop()
         testbed.stop()
 
 

@@ -1,22 +1,436 @@
-"""End to end, as `make demo` runs it: a real Prefect server, `prefect worker start --type
-kubernetes-rs`, deployments whose flow runs execute inside the testbed's pods and report back.
+"""End to end, nothing mocked: a real Prefect server, `prefect worker start --type kubernetes-rs`
+processes, deployments whose flow runs execute inside the testbed's pods (the fake kubelet runs
+`prefect flow-run execute` as a local process) and report their states back to the server.
+
+Scripted cluster behaviour (image pull failures, slow starts, eviction) comes from pod
+annotations, which reach the pod through the work pool's `annotations` job variable.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import json
 import os
+import re
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prefect.states import Cancelled, Cancelling
+from prefect_support import PrefectServer
+
+from prefect_kubernetes_rs.worker import KubernetesWorker
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[1]
+FLOWS = Path(__file__).resolve().parent / "e2e_flows"
+SCRIPT = "testbed.prefect.io/"
+POOL = "e2e"
+# A pending run is cancelled by the server after this long in Cancelling (Prefect 3.9's
+# cancellation cleanup), which then asks the worker to kill its infrastructure.
+CANCELLING_TIMEOUT_SECONDS = 15
+
+
+@pytest.fixture(scope="module")
+def stack(testbed, tmp_path_factory):
+    server = PrefectServer(
+        tmp_path_factory.mktemp("prefect"),
+        server_settings={
+            "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_CANCELLING_TIMEOUT_SECONDS": str(
+                CANCELLING_TIMEOUT_SECONDS
+            ),
+            "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "1",
+        },
+    )
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(stack, testbed):
+    """The worker of pool `e2e`, created by the worker itself with this package's template."""
+    return stack.start_worker(POOL, kubeconfig=testbed.kubeconfig)
+
+
+@pytest.fixture
+def namespace(testbed) -> str:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    testbed.kubectl("create", "namespace", name)
+    return name
+
+
+def objects(testbed, kind: str, namespace: str, flow_run_id: Any) -> list[dict[str, Any]]:
+    """The Jobs or pods of one flow run, found by the label the worker puts on them."""
+    result = testbed.kubectl(
+        "get", kind, "-n", namespace, "-l", f"prefect.io/flow-run-id={flow_run_id}", "-o", "json"
+    )
+    return json.loads(result.stdout)["items"]
+
+
+async def wait_until_gone(
+    testbed, kind: str, namespace: str, flow_run_id: Any, timeout: float = 90
+) -> None:
+    deadline = time.monotonic() + timeout
+    while objects(testbed, kind, namespace, flow_run_id):
+        assert time.monotonic() < deadline, f"{kind} of flow run {flow_run_id} still there"
+        await asyncio.sleep(1)
+
+
+def job_name(flow_run: Any) -> str:
+    """The Job's name, from the infrastructure pid the worker reported for the run."""
+    return flow_run.infrastructure_pid.rsplit(":", 1)[1]
+
+
+def run_lines(output: str, flow_run_id: Any) -> list[str]:
+    """The lines of the worker's output that the run's own container printed."""
+    return [line for line in output.splitlines() if line.endswith(f"in run {flow_run_id}")]
+
+
+async def deploy_and_run(
+    stack: PrefectServer,
+    entrypoint: str,
+    pool: str = POOL,
+    parameters: dict[str, Any] | None = None,
+    **job_variables: Any,
+) -> Any:
+    deployment_id = await stack.deploy(
+        FLOWS, f"flows.py:{entrypoint}", pool, {"image": "local-process"} | job_variables
+    )
+    return await stack.run_deployment(deployment_id, parameters)
+
+
+async def final_state(stack: PrefectServer, flow_run: Any, timeout: float = 240) -> Any:
+    return (await stack.wait_for_state([flow_run.id], timeout=timeout))[str(flow_run.id)]
+
+
+async def test_completed_run_streams_its_log_and_carries_labels_annotations_and_environment(
+    stack, worker, testbed, namespace
+):
+    flow_run = await deploy_and_run(
+        stack,
+        "report_environment",
+        parameters={"lines": 3},
+        namespace=namespace,
+        labels={"team": "data-platform"},
+        annotations={"example.com/owner": "data@example.com"},
+        env={"GREETING": "hello from the pool"},
+    )
+    finished = await final_state(stack, flow_run)
+    assert finished.state.name == "Completed", finished.state
+    # The engine reports Completed before its container has ended; the worker then reads the
+    # rest of the log and reports the Job's end.
+    worker.wait_for_output(f"Job '{job_name(finished)}' completed")
+
+    output = worker.output()
+    run_id = str(flow_run.id)
+    assert run_lines(output, run_id) == [
+        f"line 1 of 3 in run {run_id}",
+        f"line 2 of 3 in run {run_id}",
+        f"line 3 of 3 in run {run_id}",
+        f"env PREFECT__FLOW_RUN_ID={run_id} in run {run_id}",
+        f"env PREFECT_API_URL={stack.api_url} in run {run_id}",
+        f"env GREETING=hello from the pool in run {run_id}",
+    ]
+
+    (job,) = objects(testbed, "jobs", namespace, run_id)
+    assert finished.infrastructure_pid.endswith(f":{namespace}:{job['metadata']['name']}")
+    labels = job["metadata"]["labels"]
+    assert labels["prefect.io/flow-run-id"] == run_id
+    assert labels["prefect.io/flow-run-name"] == flow_run.name
+    assert labels["prefect.io/flow-name"] == "report-environment"
+    assert labels["team"] == "data-platform"
+    assert job["metadata"]["annotations"]["example.com/owner"] == "data@example.com"
+    pod_template = job["spec"]["template"]
+    assert pod_template["metadata"]["annotations"]["example.com/owner"] == "data@example.com"
+    (container,) = [c for c in pod_template["spec"]["containers"] if c["name"] == "prefect-job"]
+    env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    assert env["PREFECT__FLOW_RUN_ID"] == run_id
+    assert env["PREFECT_API_URL"] == stack.api_url
+    assert job["status"]["succeeded"] == 1
+
+
+async def test_flow_that_raises_is_failed_and_its_container_exits_zero(
+    stack, worker, testbed, namespace
+):
+    flow_run = await deploy_and_run(stack, "raise_an_error", namespace=namespace)
+    finished = await final_state(stack, flow_run)
+    assert finished.state.name == "Failed"
+    assert "this flow fails on purpose" in finished.state.message
+    # The container exits 0 (the worker proposes nothing; the engine's Failed state stands).
+    worker.wait_for_output(f"Job '{job_name(finished)}' completed")
+    (job,) = objects(testbed, "jobs", namespace, flow_run.id)
+    assert job["status"]["succeeded"] == 1
+    assert (await stack.read_flow_run(flow_run.id)).state.name == "Failed"
+
+
+async def test_container_that_exits_non_zero_before_reporting_is_crashed_with_its_exit_code(
+    stack, worker, namespace
+):
+    flow_run = await deploy_and_run(
+        stack, "exit_the_container", parameters={"code": 3}, namespace=namespace
+    )
+    finished = await final_state(stack, flow_run)
+    assert finished.state.name == "Crashed"
+    # Whoever saw the exit first says so: the engine's supervisor in the pod ("Process exited
+    # with status code: 3") or the worker ("... non-zero status code 3").
+    assert re.search(r"status code:? 3\b", finished.state.message), finished.state.message
+    assert f"exiting with code 3 in run {flow_run.id}" in worker.output()
+
+
+async def test_image_that_cannot_be_pulled_crashes_the_run_and_removes_its_job(
+    stack, worker, testbed, namespace
+):
+    flow_run = await deploy_and_run(
+        stack,
+        "report_environment",
+        namespace=namespace,
+        annotations={SCRIPT + "image-pull": "ImagePullBackOff"},
+    )
+    finished = await final_state(stack, flow_run)
+    assert finished.state.name == "Crashed"
+    assert "non-zero status code -1" in finished.state.message
+    assert objects(testbed, "jobs", namespace, flow_run.id) == []
+    output = worker.output()
+    assert f"Job '{job_name(finished)}'" in output
+    assert re.search(
+        r"container 'prefect-job' cannot start: (ErrImagePull|ImagePullBackOff)", output
+    )
+    # The pod's Events, as Kubernetes wrote them.
+    assert "Pod event 'Failed'" in output and "pull access denied" in output
+
+
+async def test_cancelling_a_running_flow_run_stops_its_pod_and_ttl_removes_the_job(
+    stack, worker, testbed, namespace
+):
+    flow_run = await deploy_and_run(
+        stack,
+        "sleep_for",
+        parameters={"seconds": 300},
+        namespace=namespace,
+        finished_job_ttl=5,
+    )
+    await stack.wait_for_state([flow_run.id], done=lambda run: run.state.is_running(), timeout=120)
+    worker.wait_for_output(f"sleeping for 300.0 s in run {flow_run.id}")
+    async with stack.client() as client:
+        await client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the test"))
+    finished = await final_state(stack, flow_run, timeout=60)
+    assert finished.state.name == "Cancelled"
+    # The engine in the pod stopped the flow and exited; the finished Job is then removed by
+    # its TTL, and its pod with it.
+    await wait_until_gone(testbed, "jobs", namespace, flow_run.id)
+    await wait_until_gone(testbed, "pods", namespace, flow_run.id)
+    assert f"woke up in run {flow_run.id}" not in worker.output()
+
+
+async def test_cancelling_a_run_whose_pod_never_started_kills_its_job_through_the_worker(
+    stack, worker, testbed, namespace
+):
+    flow_run = await deploy_and_run(
+        stack,
+        "report_environment",
+        namespace=namespace,
+        annotations={SCRIPT + "start-delay-seconds": "600"},
+        pod_watch_timeout_seconds=600,
+    )
+    started = await stack.wait_for_state(
+        [flow_run.id], done=lambda run: bool(run.infrastructure_pid), timeout=120
+    )
+    job = job_name(started[str(flow_run.id)])
+    (pod,) = objects(testbed, "pods", namespace, flow_run.id)
+    assert pod["status"]["phase"] == "Pending"
+    async with stack.client() as client:
+        await client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the test"))
+    finished = await final_state(stack, flow_run, timeout=CANCELLING_TIMEOUT_SECONDS + 90)
+    assert finished.state.name == "Cancelled"
+    await wait_until_gone(testbed, "jobs", namespace, flow_run.id)
+    await wait_until_gone(testbed, "pods", namespace, flow_run.id)
+    worker.wait_for_output(f"Deleted Kubernetes job {job!r} in namespace {namespace!r}")
+
+
+async def test_evicted_pod_with_backoff_limit_zero_reschedules_the_run_instead_of_crashing(
+    stack, worker, testbed, namespace
+):
+    flow_run = await deploy_and_run(
+        stack,
+        "sleep_for",
+        parameters={"seconds": 300},
+        namespace=namespace,
+        backoff_limit=0,
+        annotations={SCRIPT + "evict-after-seconds": "25"},
+    )
+    await stack.wait_for_state([flow_run.id], done=lambda run: run.state.is_running(), timeout=120)
+
+    async def history() -> list[Any]:
+        async with stack.client() as client:
+            return await client.read_flow_run_states(flow_run.id)
+
+    deadline = time.monotonic() + 120
+    while True:
+        names = [state.name for state in await history()]
+        after_running = names[names.index("Running") + 1 :] if "Running" in names else []
+        if any(name in ("Scheduled", "Rescheduled", "AwaitingRetry") for name in after_running):
+            break
+        assert time.monotonic() < deadline, names
+        await asyncio.sleep(1)
+    assert "Crashed" not in names, names
+    worker.wait_for_output("The pod was evicted and the flow run rescheduled itself.")
+    assert "was evicted: The node was low on resource: memory." in worker.output()
+
+    # Every new attempt would be evicted again: end the run and its Jobs here.
+    async with stack.client() as client:
+        await client.set_flow_run_state(flow_run.id, Cancelled(), force=True)
+    testbed.kubectl("delete", "jobs", "-n", namespace, "--all", "--wait=false")
+
+
+def kubernetes_pool_template() -> dict[str, Any]:
+    """prefect-kubernetes's own default template, as a user copying a `kubernetes` pool has it."""
+    from prefect_kubernetes.worker import KubernetesWorker as PythonKubernetesWorker
+
+    return PythonKubernetesWorker.get_default_base_job_template()
+
+
+def with_sidecar_volume_and_resources(template: dict[str, Any]) -> dict[str, Any]:
+    """A customised `kubernetes` template: a log-shipping sidecar, a shared volume, resources."""
+    template = copy.deepcopy(template)
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    (flow_container,) = pod["containers"]
+    flow_container["volumeMounts"] = [{"name": "scratch", "mountPath": "/scratch"}]
+    flow_container["resources"] = {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    # No command: the testbed runs it as a sidecar until the flow's container ends.
+    pod["containers"].append(
+        {
+            "name": "log-shipper",
+            "image": "example.com/shipper:1",
+            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch", "readOnly": True}],
+        }
+    )
+    pod["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    return template
+
+
+@pytest.mark.parametrize(
+    "template_name", ["prefect-kubernetes default", "sidecar, volume and resources"]
+)
+async def test_pool_with_a_template_copied_from_a_kubernetes_pool_runs_flows_unchanged(
+    stack, testbed, namespace, template_name
+):
+    template = kubernetes_pool_template()
+    if template_name == "sidecar, volume and resources":
+        template = with_sidecar_volume_and_resources(template)
+    pool = f"copied-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(pool, template)
+    pool_worker = stack.start_worker(pool, kubeconfig=testbed.kubeconfig)
+    try:
+        flow_run = await deploy_and_run(
+            stack, "numbered_lines", pool=pool, parameters={"count": 3}, namespace=namespace
+        )
+        finished = await final_state(stack, flow_run)
+        assert finished.state.name == "Completed", finished.state
+        pool_worker.wait_for_output(f"Job '{job_name(finished)}' completed")
+        assert len(run_lines(pool_worker.output(), flow_run.id)) == 3
+        (job,) = objects(testbed, "jobs", namespace, flow_run.id)
+        pod_spec = job["spec"]["template"]["spec"]
+        assert pod_spec == pod_spec | (
+            {"volumes": [{"name": "scratch", "emptyDir": {}}]}
+            if template_name != "prefect-kubernetes default"
+            else {}
+        )
+        names = [container["name"] for container in pod_spec["containers"]]
+        expected = ["prefect-job"] + (
+            ["log-shipper"] if template_name != "prefect-kubernetes default" else []
+        )
+        assert names == expected
+    finally:
+        stack.stop_worker(pool_worker)
+
+
+async def test_cluster_config_block_reaches_the_cluster_without_any_kubeconfig_in_the_worker(
+    stack, testbed, namespace
+):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_kubernetes.credentials import KubernetesClusterConfig
+
+    kubeconfig = testbed.kubeconfig_dict()
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        block_id = await KubernetesClusterConfig(
+            config=kubeconfig, context_name=kubeconfig["current-context"]
+        ).save(f"testbed-{uuid.uuid4().hex[:6]}")
+
+    pool = f"block-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(pool, KubernetesWorker.get_default_base_job_template())
+    # No KUBECONFIG, no ~/.kube, not in a pod: only the block can say where the cluster is.
+    pool_worker = stack.start_worker(pool, kubeconfig=None)
+    try:
+        flow_run = await deploy_and_run(
+            stack,
+            "numbered_lines",
+            pool=pool,
+            parameters={"count": 2},
+            namespace=namespace,
+            cluster_config={"$ref": {"block_document_id": str(block_id)}},
+        )
+        finished = await final_state(stack, flow_run)
+        assert finished.state.name == "Completed", finished.state
+        pool_worker.wait_for_output(f"Job '{job_name(finished)}' completed")
+        assert len(run_lines(pool_worker.output(), flow_run.id)) == 2
+        assert len(objects(testbed, "jobs", namespace, flow_run.id)) == 1
+    finally:
+        stack.stop_worker(pool_worker)
+
+
+async def test_twenty_runs_at_once_all_complete_each_with_its_own_log_and_one_job(
+    stack, worker, testbed, namespace
+):
+    deployment_id = await stack.deploy(
+        FLOWS,
+        "flows.py:numbered_lines",
+        POOL,
+        {"image": "local-process", "namespace": namespace, "finished_job_ttl": 30},
+    )
+    flow_runs = await asyncio.gather(
+        *(stack.run_deployment(deployment_id, {"count": 4}) for _ in range(20))
+    )
+    finished = await stack.wait_for_state([run.id for run in flow_runs], timeout=420)
+    assert sorted(run.state.name for run in finished.values()) == ["Completed"] * 20
+
+    for run in finished.values():
+        worker.wait_for_output(f"Job '{job_name(run)}' completed")
+    output = worker.output()
+    jobs = json.loads(testbed.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)
+    jobs_per_run: dict[str, int] = {}
+    for job in jobs["items"]:
+        run_id = job["metadata"]["labels"]["prefect.io/flow-run-id"]
+        jobs_per_run[run_id] = jobs_per_run.get(run_id, 0) + 1
+    for flow_run in flow_runs:
+        assert run_lines(output, flow_run.id) == [
+            f"line {n} of 4 in run {flow_run.id}" for n in range(1, 5)
+        ]
+        # A Job already removed by its TTL counts as 0 here; never more than one.
+        assert jobs_per_run.get(str(flow_run.id), 0) <= 1
+        assert finished[str(flow_run.id)].infrastructure_pid
+    pids = [finished[str(run.id)].infrastructure_pid for run in flow_runs]
+    assert len(set(pids)) == 20
+
+    deadline = time.monotonic() + 120
+    while json.loads(testbed.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]:
+        assert time.monotonic() < deadline, "Jobs left after their TTL"
+        await asyncio.sleep(2)
 
 
 def test_demo_runs_succeed_fail_and_crash_as_they_should():
+    """`make demo`, as a user runs it (its own testbed and Prefect server)."""
     environment = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "demo" / "run_demo.py")],

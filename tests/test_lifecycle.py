@@ -476,7 +476,7 @@ async def test_eviction_with_no_retries_is_zero_when_the_run_rescheduled_itself(
     """With backoffLimit 0 the evicted flow reschedules itself on SIGTERM; the worker checks the
     flow run's state and reports 0 rather than a crash."""
 
-    async def rescheduled(flow_run):
+    async def rescheduled(flow_run, since):
         return True
 
     monkeypatch.setattr(worker, "_was_rescheduled", rescheduled)

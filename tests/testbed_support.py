@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ class Testbed:
         kubelet = self._spawn(
             [str(_binary("fake-kubelet")), "--kubeconfig", str(self.kubeconfig)],
             logs / "fake-kubelet.log",
+            # Pods run commands such as `prefect flow-run execute`: this Python's environment
+            # comes first on their PATH, as the image's would.
+            env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
         )
         _wait_for_line(kubelet, "fake-kubelet ready", 60)
 
@@ -113,9 +117,12 @@ class Testbed:
         self.proxy_control = f"http://{ready['control']}"
         return self
 
-    def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen[str]:
+    def _spawn(
+        self, argv: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             argv,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=open(log, "ab"),  # noqa: SIM115 - closed with the process
             text=True,

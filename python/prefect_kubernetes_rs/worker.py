@@ -21,7 +21,10 @@ To migrate code written against `prefect-kubernetes`, change the import:
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import functools
+import json
 import sys
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,6 +55,7 @@ from prefect_kubernetes_rs.exceptions import (
     ClusterConfigError,
     ClusterUnreachableError,
     KubernetesApiError,
+    KubernetesRsError,
     ManifestError,
 )
 from prefect_kubernetes_rs.settings import KubernetesRsSettings
@@ -399,8 +403,12 @@ class KubernetesWorker(
         super().__init__(*args, **kwargs)
         # One set of clients (and shared watchers) for the worker's lifetime.
         self._kubernetes = _core.KubernetesClients()
-        # Secrets this worker created: (cluster, namespace, name), deleted at teardown.
+        # Secrets this worker created: (namespace, name) -> cluster, deleted at teardown.
         self._created_secrets: dict[tuple[str, str], Any] = {}
+        # How many runs reference each of those Secrets from a Job that exists or is being
+        # created; when every run that used one failed to create its Job, it is deleted.
+        self._secret_users: dict[tuple[str, str], int] = {}
+        self._secrets_lock = asyncio.Lock()
 
     async def teardown(self, *exc_info: Any) -> None:
         await super().teardown(*exc_info)
@@ -416,6 +424,7 @@ class KubernetesWorker(
                     "Could not delete Secret %r in namespace %r: %s", name, namespace, error
                 )
         self._created_secrets.clear()
+        self._secret_users.clear()
         await self._kubernetes.close()
 
     async def _cluster(self, configuration: KubernetesWorkerJobConfiguration) -> Any:
@@ -446,10 +455,14 @@ class KubernetesWorker(
         try:
             run_watch = await cluster.watch_run(namespace, str(flow_run.id))
         except KubernetesApiError as error:
+            hint = (
+                _credentials_hint(cluster.source_name)
+                if error.status_code == 401
+                else "the worker needs get, list and watch on jobs and pods (and pods/log) there."
+            )
             raise InfrastructureError(
                 f"Unable to watch Kubernetes jobs and pods in namespace {namespace!r}: "
-                f"{error.reason}: {error.api_message}. Hint: the worker needs get, list and "
-                "watch on jobs and pods (and pods/log) there."
+                f"{error.reason}: {error.api_message}. Hint: {hint}"
             ) from error
         except ClusterUnreachableError as error:
             raise InfrastructureNotAvailable(
@@ -457,11 +470,19 @@ class KubernetesWorker(
                 f"{cluster.source_name}): {error}"
             ) from error
         try:
-            await self._keep_credentials_out_of_the_manifest(
+            created_secret = await self._keep_credentials_out_of_the_manifest(
                 cluster, configuration, settings, logger
             )
             logger.info("Creating Kubernetes job...")
-            job = await self._create_job(cluster, configuration, settings, flow_run)
+            created_at = datetime.datetime.now(datetime.timezone.utc)
+            try:
+                job = await self._create_job(cluster, configuration, settings, flow_run)
+            except InfrastructureError:
+                # The API refused the Job: nothing of this run may stay behind. (After a
+                # failure whose effect is unknown the Job may exist; its Secret stays.)
+                if created_secret is not None:
+                    await self._release_secret(created_secret, logger)
+                raise
             pid = await self._infrastructure_pid(cluster, job, settings, logger)
             logger.info(
                 "Kubernetes job %r %s in namespace %r",
@@ -488,7 +509,11 @@ class KubernetesWorker(
         finally:
             events.close()
         status_code = outcome["exit_code"]
-        if outcome["evicted"] and status_code != 0 and await self._was_rescheduled(flow_run):
+        if (
+            outcome["evicted"]
+            and status_code != 0
+            and await self._was_rescheduled(flow_run, since=created_at)
+        ):
             logger.info("The pod was evicted and the flow run rescheduled itself.")
             status_code = 0
         return KubernetesWorkerResult(identifier=pid, status_code=status_code)
@@ -499,8 +524,11 @@ class KubernetesWorker(
         configuration: KubernetesWorkerJobConfiguration,
         all_settings: KubernetesRsSettings,
         logger: Any,
-    ) -> None:
-        """Point `PREFECT_API_KEY` / `PREFECT_API_AUTH_STRING` at Secrets when configured to."""
+    ) -> tuple[str, str] | None:
+        """Point `PREFECT_API_KEY` / `PREFECT_API_AUTH_STRING` at Secrets when configured to.
+
+        Returns the (namespace, name) of the Secret created for this run, if one was.
+        """
         settings = all_settings.worker
         env = _prefect_container(configuration.job_manifest).get("env") or []
         namespace = configuration.namespace
@@ -510,11 +538,24 @@ class KubernetesWorker(
             (e.get("value") for e in env if e.get("name") == "PREFECT_API_KEY" and e.get("value")),
             None,
         )
+        created = None
         if not secret_name and settings.create_secret_for_api_key and api_key:
             secret_name = f"prefect-{_core.slugify_name(self.name) or 'worker'}-api-key"
             secret_key = "value"
-            await cluster.apply_secret(namespace, secret_name, secret_key, api_key)
-            self._created_secrets[(namespace, secret_name)] = cluster
+            created = (namespace, secret_name)
+            async with self._secrets_lock:
+                try:
+                    await cluster.apply_secret(namespace, secret_name, secret_key, api_key)
+                except KubernetesApiError as error:
+                    raise InfrastructureError(
+                        _secret_failure(error, secret_name, namespace)
+                    ) from error
+                except ClusterUnreachableError as error:
+                    raise InfrastructureNotAvailable(
+                        f"Unable to store the Prefect API key in Secret {secret_name!r}: {error}"
+                    ) from error
+                self._created_secrets[created] = cluster
+                self._secret_users[created] = self._secret_users.get(created, 0) + 1
         if secret_name:
             _reference_secret(env, "PREFECT_API_KEY", secret_name, secret_key)
         auth_name = settings.api_auth_string_secret_name
@@ -527,6 +568,29 @@ class KubernetesWorker(
                 "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME and _KEY "
                 "to read it from a Kubernetes Secret instead."
             )
+        return created
+
+    async def _release_secret(self, secret: tuple[str, str], logger: Any) -> None:
+        """A run whose Job was refused gives its Secret back; the last user deletes it."""
+        async with self._secrets_lock:
+            users = self._secret_users.get(secret, 0) - 1
+            if users > 0:
+                self._secret_users[secret] = users
+                return
+            self._secret_users.pop(secret, None)
+            cluster = self._created_secrets.pop(secret, None)
+            if cluster is None:
+                return
+            namespace, name = secret
+            try:
+                await cluster.delete_secret(namespace, name)
+            except KubernetesRsError as error:
+                logger.warning(
+                    "Could not delete Secret %r in namespace %r after its Job was refused: %s",
+                    name,
+                    namespace,
+                    error,
+                )
 
     async def _create_job(
         self,
@@ -547,7 +611,9 @@ class KubernetesWorker(
                 jitter_max_seconds=float(retry.jitter_max_seconds),
             )
         except KubernetesApiError as error:
-            raise InfrastructureError(_creation_failure(error, configuration.namespace)) from error
+            raise InfrastructureError(
+                _creation_failure(error, configuration, cluster.source_name)
+            ) from error
         except ClusterUnreachableError as error:
             raise InfrastructureNotAvailable(
                 f"Unable to create Kubernetes job: {error} (cluster {cluster.server}, "
@@ -596,12 +662,18 @@ class KubernetesWorker(
                     return event
         raise InfrastructureError("Lost track of the Kubernetes job before it finished.")
 
-    async def _was_rescheduled(self, flow_run: FlowRun) -> bool:
+    async def _was_rescheduled(self, flow_run: FlowRun, since: datetime.datetime) -> bool:
+        """Did the flow run put itself back to Scheduled after `since` (this Job's creation)?
+
+        The run's current state is not enough: a rescheduled run may already have been picked
+        up again (Pending, Running) by the time its evicted Job's end is seen, and crashing it
+        then would kill the new attempt.
+        """
         from prefect.client.orchestration import get_client
 
         async with get_client() as client:
-            current = await client.read_flow_run(flow_run.id)
-        return current.state is not None and current.state.is_scheduled()
+            states = await client.read_flow_run_states(flow_run.id)
+        return any(state.is_scheduled() and state.timestamp >= since for state in states)
 
     async def kill_infrastructure(
         self,
@@ -661,14 +733,55 @@ def _reference_secret(env: list[dict[str, Any]], name: str, secret: str, key: st
             }
 
 
-def _creation_failure(error: KubernetesApiError, namespace: str) -> str:
+# Kubernetes stores an object in one etcd request, 1.5 MiB at most by default; above about
+# 1 MiB a refused Job is most likely refused for its size, whatever the API server says.
+_LARGE_MANIFEST_BYTES = 1024 * 1024
+
+
+def _creation_failure(
+    error: KubernetesApiError, configuration: KubernetesWorkerJobConfiguration, source_name: str
+) -> str:
     """The Python worker's wording, with its hints for the usual causes."""
+    namespace = configuration.namespace
     message = f"Unable to create Kubernetes job: {error.reason}: {error.api_message}"
     text = f"{error.reason} {error.api_message}".lower()
     if "quota" in text or "exceeded" in text:
         hint = "The namespace's resource quota is used up or too small for this Job."
+    elif error.status_code == 401:
+        hint = _credentials_hint(source_name)
     elif error.status_code == 403 or "forbidden" in text:
         hint = "The worker's Kubernetes identity lacks the RBAC permission to create Jobs here."
+    elif error.status_code == 404 and namespace in (error.api_message or ""):
+        hint = f"Create the namespace {namespace!r} or point the work pool at an existing one."
+    elif (size := len(json.dumps(configuration.job_manifest))) > _LARGE_MANIFEST_BYTES:
+        hint = (
+            f"The Job manifest is {size / 1024 / 1024:.1f} MiB; Kubernetes stores objects of "
+            "at most about 1.5 MiB. Move large env values into a ConfigMap or Secret and "
+            "reference them (valueFrom)."
+        )
+    else:
+        return message
+    return f"{message}. Hint: {hint}"
+
+
+def _credentials_hint(source_name: str) -> str:
+    return (
+        f"The API server did not accept the credentials from {source_name}: renew the "
+        "token or certificate of its user, or fix its auth settings."
+    )
+
+
+def _secret_failure(error: KubernetesApiError, name: str, namespace: str) -> str:
+    message = (
+        f"Unable to store the Prefect API key in Secret {name!r} in namespace {namespace!r}: "
+        f"{error.reason}: {error.api_message}"
+    )
+    if error.status_code == 403:
+        hint = (
+            "The worker's Kubernetes identity needs get, create and update on secrets there, "
+            "or set PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_NAME to a Secret "
+            "that holds the key."
+        )
     elif error.status_code == 404 and namespace in (error.api_message or ""):
         hint = f"Create the namespace {namespace!r} or point the work pool at an existing one."
     else:

@@ -145,9 +145,15 @@ async fn connect(source: ClusterSource) -> Result<Cluster> {
     // Watches carry their own server-side timeout.
     config.read_timeout = None;
     let server = config.cluster_url.to_string();
+    // kube-rs runs an exec credential plugin here, and its error does not name the command.
+    let exec_command = config
+        .auth_info
+        .exec
+        .as_ref()
+        .and_then(|exec| exec.command.clone());
     let client = Client::try_from(config).map_err(|error| K8sError::Config {
         source_name: source_name.clone(),
-        reason: describe_chain(&error),
+        reason: auth_failure(&error, exec_command.as_deref()),
     })?;
     Ok(Cluster {
         client,
@@ -156,6 +162,18 @@ async fn connect(source: ClusterSource) -> Result<Cluster> {
         uid: OnceCell::new(),
         namespaces: Mutex::new(HashMap::new()),
     })
+}
+
+/// Why a client could not be built; an exec credential plugin's failure names its command.
+fn auth_failure(error: &kube::Error, exec_command: Option<&str>) -> String {
+    match (error, exec_command) {
+        (kube::Error::Auth(_), Some(command)) => format!(
+            "{} (the kubeconfig user's exec credential plugin is '{command}': is it installed \
+             and on the worker's PATH?)",
+            describe_chain(error)
+        ),
+        _ => describe_chain(error),
+    }
 }
 
 async fn load_config(source: &ClusterSource) -> Result<(Config, String)> {
@@ -198,5 +216,39 @@ async fn load_config(source: &ClusterSource) -> Result<(Config, String)> {
                 Ok((config, name))
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_missing_exec_credential_plugin_is_named() {
+        let kubeconfig = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
+            "users": [{"name": "u", "user": {"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                "command": "no-such-credential-helper"}}}],
+            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        });
+        let source = ClusterSource::Kubeconfig {
+            config: kubeconfig,
+            context: None,
+        };
+        let error = connect(source).await.err().expect("must be refused");
+        let text = error.to_string();
+        assert!(
+            text.starts_with(
+                "cannot use the Kubernetes configuration from the work pool's cluster_config block"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("exec credential plugin is 'no-such-credential-helper'"),
+            "{text}"
+        );
     }
 }

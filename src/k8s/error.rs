@@ -117,10 +117,31 @@ impl K8sError {
             other => K8sError::Transport {
                 verb: verb.into(),
                 what: what.into(),
-                reason: describe_chain(&other),
+                reason: with_tls_hint(describe_chain(&other)),
             },
         }
     }
+}
+
+/// Adds what to do to a TLS failure: rustls' own words ("received corrupt message of type
+/// InvalidContentType") do not tell a user that the server speaks no TLS or that the
+/// kubeconfig's CA is wrong. Recognised by text: the rustls error sits behind an `io::Error`,
+/// whose `source()` skips it, so it cannot be downcast from the chain.
+fn with_tls_hint(reason: String) -> String {
+    let hint = if reason.contains("InvalidContentType") {
+        "the server did not answer with TLS: point the kubeconfig's server URL at the API \
+         server's https address and port"
+    } else if reason.contains("not valid for name") {
+        "the server's certificate is not valid for the host name the worker connects to: use \
+         a name the certificate lists in the kubeconfig's server URL (or tls-server-name)"
+    } else if reason.contains("invalid peer certificate") {
+        "the server's certificate does not verify against the kubeconfig's \
+         certificate-authority(-data), or the system's CAs when it names none: set the \
+         cluster's CA (insecure-skip-tls-verify: true turns verification off)"
+    } else {
+        return reason;
+    };
+    format!("{reason}; hint: {hint}")
 }
 
 fn default_reason(code: u16) -> &'static str {
@@ -154,4 +175,34 @@ pub fn describe_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_say_what_to_do() {
+        let plain = with_tls_hint(
+            "ServiceError: client error (Connect): received corrupt message of type \
+             InvalidContentType"
+                .into(),
+        );
+        assert!(plain.ends_with(
+            "; hint: the server did not answer with TLS: point the kubeconfig's server URL at \
+             the API server's https address and port"
+        ));
+        let issuer =
+            with_tls_hint("client error (Connect): invalid peer certificate: UnknownIssuer".into());
+        assert!(issuer.contains("UnknownIssuer; hint: the server's certificate does not verify"));
+        assert!(issuer.contains("insecure-skip-tls-verify: true"));
+        let name = with_tls_hint(
+            "invalid peer certificate: certificate not valid for name \"x.example\"".into(),
+        );
+        assert!(name.contains("hint: the server's certificate is not valid for the host name"));
+        assert_eq!(
+            with_tls_hint("tcp connect error: Connection refused (os error 111)".into()),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
 }

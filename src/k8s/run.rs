@@ -298,11 +298,19 @@ impl RunState {
             (JobEnd::Failed(reason), None) => RunOutcome {
                 exit_code: -1,
                 message: Some(match newest {
+                    Some(pod) if evicted => format!(
+                        "the Job failed ({reason}): its pod '{}' was evicted: {}",
+                        pod.metadata.name.as_deref().unwrap_or("?"),
+                        pod.status
+                            .as_ref()
+                            .and_then(|status| status.message.as_deref())
+                            .unwrap_or("no reason given")
+                            .trim_end()
+                    ),
                     Some(pod) => format!(
-                        "the Job failed ({reason}) and its pod '{}' reported no exit code{}; the node \
+                        "the Job failed ({reason}) and its pod '{}' reported no exit code; the node \
                          may have been lost",
                         pod.metadata.name.as_deref().unwrap_or("?"),
-                        if evicted { " (evicted)" } else { "" }
                     ),
                     None => format!("the Job failed ({reason}) without any pod"),
                 }),
@@ -1058,6 +1066,13 @@ mod tests {
         let outcome = state.outcome(&JobEnd::Failed("BackoffLimitExceeded".into()));
         assert!(outcome.evicted);
         assert_eq!(outcome.exit_code, -1);
+        assert_eq!(
+            outcome.message.as_deref(),
+            Some(
+                "the Job failed (BackoffLimitExceeded): its pod 'p1' was evicted: The node was low \
+                 on resource: memory."
+            )
+        );
     }
 
     #[test]

@@ -20,6 +20,10 @@ use crate::events::{ObjRef, Source, Type};
 use crate::logs::PodLogs;
 use crate::status::{ts, CState, CStatus, PodModel, RestartPolicy, Terminated};
 
+/// The kubelet's floor for a container's grace period (kuberuntime's
+/// `minimumGracePeriodInSeconds`): even "kill now" gives SIGTERM this long before SIGKILL.
+const MINIMUM_GRACE: Duration = Duration::from_secs(2);
+
 /// The latest object of a pod, or `gone` once it was deleted from the API.
 #[derive(Clone)]
 pub struct PodUpdate {
@@ -553,7 +557,7 @@ impl PodTask {
                 ok = self.rx.changed() => {
                     if ok.is_err() || self.is_gone() {
                         // force-deleted: kill with the minimum grace period, nothing to report
-                        stop_all(&slots, StopReq { grace: Duration::from_secs(2), kind: StopKind::Graceful });
+                        stop_all(&slots, StopReq { grace: MINIMUM_GRACE, kind: StopKind::Graceful });
                         let _ = tokio::time::timeout(Duration::from_secs(10), async {
                             while slots.iter().any(|s| s.started && !s.done) {
                                 match rep_rx.recv().await {
@@ -586,7 +590,10 @@ impl PodTask {
                     ));
                     self.event(Type::Warning, "Evicted", &msg, Source::Kubelet);
                     stopping = Some(Cause::Evict(msg));
-                    stop_all(&slots, StopReq { grace: Duration::ZERO, kind: StopKind::Graceful });
+                    // A hard eviction asks for grace 0, which the kubelet raises to its minimum of
+                    // 2 s: the process gets SIGTERM and a moment to act on it (Prefect's engine
+                    // reschedules the flow run then).
+                    stop_all(&slots, StopReq { grace: MINIMUM_GRACE, kind: StopKind::Graceful });
                 }
                 _ = tokio::time::sleep_until(deadline_at.unwrap_or(far)), if deadline_at.is_some() && stopping.is_none() => {
                     deadline_at = None;

@@ -1,0 +1,248 @@
+"""A real Prefect server and real `prefect worker start` processes, for `make demo` and the
+end-to-end tests.
+
+`PrefectServer.start()` runs `prefect server start` (SQLite under its own PREFECT_HOME) on a
+free loopback port; `start_worker()` runs `prefect worker start --type kubernetes-rs` for a pool,
+its output kept in a file the tests read; `stop()` stops what it started. Deployments point at
+flow code on this machine (a `set_working_directory` pull step), which the testbed's pods run
+as local processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed_support import stop_processes
+
+WORKER_TYPE = "kubernetes-rs"
+# The CLI of the Python running this code (a user's `prefect`, from the same environment).
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class WorkerProcess:
+    """One `prefect worker start` process; its stdout and stderr go to `log`."""
+
+    pool: str
+    name: str
+    log: Path
+    process: subprocess.Popen
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_output(self, text: str, timeout: float = 60) -> None:
+        self.wait_for_any_output([text], timeout)
+
+    def wait_for_any_output(self, texts: list[str], timeout: float = 60) -> str:
+        """Wait until the worker has printed one of `texts`; returns the one it printed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            output = self.output()
+            for text in texts:
+                if text in output:
+                    return text
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{output[-3000:]}")
+            time.sleep(0.3)
+        raise TimeoutError(f"worker {self.name} printed none of {texts!r}:\n{output[-3000:]}")
+
+
+@dataclass
+class PrefectServer:
+    workdir: Path
+    # Extra settings for the server process (e.g. a short cancellation timeout).
+    server_settings: dict[str, str] = field(default_factory=dict)
+    api_url: str = field(init=False, default="")
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings every Prefect process of this stack shares (server, workers, clients)."""
+        return {
+            "PREFECT_HOME": str(self.workdir / "prefect-home"),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # The default (10 s) makes every run wait for the worker's next poll.
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            # Console output is a file: do not wrap log lines at 80 columns.
+            "COLUMNS": "500",
+        }
+
+    def start(self, timeout: float = 120) -> PrefectServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        log = open(self.workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
+        server = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=os.environ | self.env | self.server_settings,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.processes.append(server)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(
+                    "the Prefect server exited while starting:\n"
+                    + (self.workdir / "server.log").read_text(errors="replace")[-3000:]
+                )
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError("the Prefect server did not become healthy")
+
+    def start_worker(
+        self,
+        pool: str,
+        *,
+        kubeconfig: Path | None,
+        extra_env: dict[str, str] | None = None,
+        drop_env: Iterable[str] = (),
+        name: str | None = None,
+    ) -> WorkerProcess:
+        """`prefect worker start --pool <pool> --type kubernetes-rs`, returned once it polls.
+
+        With `kubeconfig=None` the worker gets no KUBECONFIG at all (and a HOME without
+        `~/.kube`), so only a configuration's `cluster_config` can point it at a cluster.
+        """
+        name = name or f"{pool}-worker-{uuid.uuid4().hex[:6]}"
+        environment = os.environ | self.env | (extra_env or {})
+        for key in drop_env:
+            environment.pop(key, None)
+        if kubeconfig is None:
+            environment.pop("KUBECONFIG", None)
+            home = self.workdir / f"home-{name}"
+            home.mkdir(exist_ok=True)
+            environment["HOME"] = str(home)
+        else:
+            environment["KUBECONFIG"] = str(kubeconfig)
+        log = self.workdir / f"{name}.log"
+        process = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", pool, "--type", WORKER_TYPE, "--name", name],
+            env=environment, stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.processes.append(process)
+        worker = WorkerProcess(pool=pool, name=name, log=log, process=process)
+        self.workers.append(worker)
+        worker.wait_for_output(f"Worker '{name}' started", timeout=120)
+        return worker
+
+    def stop_worker(self, worker: WorkerProcess, grace_seconds: float = 20) -> None:
+        if worker.process in self.processes:
+            self.processes.remove(worker.process)
+        stop_processes([worker.process], grace_seconds)
+
+    def stop(self) -> None:
+        stop_processes(self.processes)
+        self.workers.clear()
+
+    # --- the Prefect API, as a user's scripts use it -------------------------------------------
+
+    def client(self) -> Any:
+        from prefect.client.orchestration import PrefectClient
+
+        return PrefectClient(api=self.api_url)
+
+    async def create_pool(self, name: str, base_job_template: dict[str, Any]) -> None:
+        from prefect.client.schemas.actions import WorkPoolCreate
+
+        async with self.client() as client:
+            await client.create_work_pool(
+                WorkPoolCreate(name=name, type=WORKER_TYPE, base_job_template=base_job_template)
+            )
+
+    async def deploy(
+        self,
+        flows_dir: Path,
+        entrypoint: str,
+        pool: str,
+        job_variables: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> uuid.UUID:
+        """A deployment whose runs `cd` into `flows_dir` and run `entrypoint` (`file.py:func`)."""
+        function = entrypoint.rsplit(":", 1)[1]
+        async with self.client() as client:
+            flow_id = await client.create_flow_from_name(function.replace("_", "-"))
+            return await client.create_deployment(
+                flow_id=flow_id,
+                name=name or f"{function}-{uuid.uuid4().hex[:6]}",
+                entrypoint=entrypoint,
+                work_pool_name=pool,
+                job_variables=job_variables or {},
+                pull_steps=[
+                    {
+                        "prefect.deployments.steps.set_working_directory": {
+                            "directory": str(flows_dir)
+                        }
+                    }
+                ],
+            )
+
+    async def run_deployment(
+        self, deployment_id: uuid.UUID, parameters: dict[str, Any] | None = None
+    ) -> Any:
+        async with self.client() as client:
+            return await client.create_flow_run_from_deployment(
+                deployment_id, parameters=parameters or {}
+            )
+
+    async def read_flow_run(self, flow_run_id: Any) -> Any:
+        async with self.client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    async def wait_for_state(
+        self, flow_run_ids: Iterable[Any], done: Any = None, timeout: float = 240
+    ) -> dict[str, Any]:
+        """Poll until every run is final (or `done(flow_run)` holds); the flow runs by id."""
+        pending = {str(run_id) for run_id in flow_run_ids}
+        finished: dict[str, Any] = {}
+        deadline = time.monotonic() + timeout
+        async with self.client() as client:
+            while pending:
+                for run_id in sorted(pending):
+                    flow_run = await client.read_flow_run(run_id)
+                    state = flow_run.state
+                    reached = done(flow_run) if done else (state is not None and state.is_final())
+                    if reached:
+                        finished[run_id] = flow_run
+                        pending.discard(run_id)
+                if not pending:
+                    break
+                if time.monotonic() > deadline:
+                    states = {
+                        run_id: (await client.read_flow_run(run_id)).state for run_id in pending
+                    }
+                    raise TimeoutError(f"flow runs not done after {timeout} s: {states}")
+                await asyncio.sleep(1)
+        return finished
+
+    async def flow_run_logs(self, flow_run_id: Any) -> list[str]:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        async with self.client() as client:
+            logs = await client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+            )
+        return [log.message for log in logs]
