@@ -202,8 +202,8 @@ impl ClusterHandle {
         })
     }
 
-    /// Creates or updates the Secret `name` with `value` under `key`.
-    fn apply_secret<'py>(
+    /// Creates the Secret `name` holding `value` under `key` unless it exists; True when created.
+    fn ensure_secret<'py>(
         &self,
         py: Python<'py>,
         namespace: String,
@@ -213,7 +213,7 @@ impl ClusterHandle {
     ) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
         future_into_py(py, async move {
-            jobs::apply_secret(&cluster, &namespace, &name, &key, &value)
+            jobs::ensure_secret(&cluster, &namespace, &name, &key, &value)
                 .await
                 .map_err(k8s_error)
         })

@@ -11,6 +11,7 @@ import asyncio
 import copy
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -383,7 +384,9 @@ async def test_the_api_key_goes_into_a_secret_never_into_the_manifest(
     api_key = "pnu_" + uuid.uuid4().hex
     monkeypatch.setenv("PREFECT_INTEGRATIONS_KUBERNETES_WORKER_CREATE_SECRET_FOR_API_KEY", "true")
     caplog.set_level(logging.INFO)
-    async with Worker("secret-keeper") as worker:
+    pool = f"secret-keeper-{uuid.uuid4().hex[:6]}"
+
+    async def run_once(worker: KubernetesWorker) -> dict:
         flow_run = new_flow_run()
         configuration = await configuration_for(
             flow_run, block(testbed), env={"PREFECT_API_KEY": api_key},
@@ -392,18 +395,35 @@ async def test_the_api_key_goes_into_a_secret_never_into_the_manifest(
         result = await worker.run(flow_run, configuration, task_status=TaskStatus())
         assert result.status_code == 0
         (job,) = jobs_of(testbed, flow_run)
+        return job
+
+    def api_key_secrets() -> list[str]:
+        secrets = json.loads(testbed.kubectl("get", "secrets", "-o", "json").stdout)["items"]
+        return [s["metadata"]["name"] for s in secrets if pool in s["metadata"]["name"]]
+
+    async with Worker(pool) as worker:
+        job = await run_once(worker)
         env = job["spec"]["template"]["spec"]["containers"][0]["env"]
         (entry,) = [e for e in env if e["name"] == "PREFECT_API_KEY"]
         secret_name = entry["valueFrom"]["secretKeyRef"]["name"]
         assert "value" not in entry
-        secret = testbed.kubectl("get", "secret", secret_name, "-o", "json").stdout
-        assert secret_name.endswith("-api-key")
-    assert testbed.kubectl("get", "secret", secret_name, check=False).returncode != 0, (
-        "the worker deletes the Secrets it created when it stops"
-    )
+        assert re.fullmatch(rf"prefect-{pool}-api-key-[0-9a-f]{{10}}", secret_name)
+    # The Secret outlives the worker (a pod that starts or retries later still needs the key),
+    # and a restarted worker of the pool (another name, as `prefect worker start` gives by
+    # default) uses the same one: restarts do not pile up Secrets.
+    assert api_key_secrets() == [secret_name]
+    restarted = KubernetesWorker(work_pool_name=pool, name="another-worker-name")
+    try:
+        second_job = await run_once(restarted)
+    finally:
+        await restarted.close_kubernetes()
+    assert api_key_secrets() == [secret_name]
+    secret = testbed.kubectl("get", "secret", secret_name, "-o", "json").stdout
+    testbed.kubectl("delete", "secret", secret_name)
+
     output = capsys.readouterr()
-    assert "key-present" in output.out, "the pod received the key through the Secret"
-    everything = output.out + output.err + caplog.text + json.dumps(job)
+    assert output.out.count("key-present") == 2, "the pods received the key through the Secret"
+    everything = output.out + output.err + caplog.text + json.dumps([job, second_job])
     assert api_key not in everything
     assert api_key not in secret  # stored base64-encoded, as Kubernetes does
 

@@ -138,8 +138,8 @@ class ClusterHandle:
     ) -> Awaitable[bool]:
         """Delete a Job with Foreground propagation; False when it did not exist."""
 
-    def apply_secret(self, namespace: str, name: str, key: str, value: str) -> Awaitable[None]:
-        """Create the Secret `name` with `value` under `key`, or replace its data."""
+    def ensure_secret(self, namespace: str, name: str, key: str, value: str) -> Awaitable[bool]:
+        """Create the Secret `name` with `value` under `key` unless it exists; True if created."""
 
     def delete_secret(self, namespace: str, name: str) -> Awaitable[bool]:
         """Delete the Secret `name`; False when it did not exist."""

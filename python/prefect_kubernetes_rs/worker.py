@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import hashlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any, Literal
@@ -403,10 +404,12 @@ class KubernetesWorker(
         super().__init__(*args, **kwargs)
         # One set of clients (and shared watchers) for the worker's lifetime.
         self._kubernetes = _core.KubernetesClients()
-        # Secrets this worker created: (namespace, name) -> cluster, deleted at teardown.
+        # API-key Secrets this process created: (namespace, name) -> cluster. They outlive the
+        # worker (a pod that starts or retries later still needs its key); their names come
+        # from the pool and the key, so a restarted worker reuses them instead of adding more.
         self._created_secrets: dict[tuple[str, str], Any] = {}
-        # How many runs reference each of those Secrets from a Job that exists or is being
-        # created; when every run that used one failed to create its Job, it is deleted.
+        # How many runs reference each of those Secrets; a Secret whose every run had its Job
+        # refused is deleted, so a refused run leaves nothing behind.
         self._secret_users: dict[tuple[str, str], int] = {}
         self._secrets_lock = asyncio.Lock()
 
@@ -415,14 +418,7 @@ class KubernetesWorker(
         await self.close_kubernetes()
 
     async def close_kubernetes(self) -> None:
-        """Delete the Secrets this worker created and stop its watchers."""
-        for (namespace, name), cluster in list(self._created_secrets.items()):
-            try:
-                await cluster.delete_secret(namespace, name)
-            except Exception as error:  # noqa: BLE001 - teardown goes on; say what was left
-                self._logger.warning(
-                    "Could not delete Secret %r in namespace %r: %s", name, namespace, error
-                )
+        """Stop the watchers and close the connections."""
         self._created_secrets.clear()
         self._secret_users.clear()
         await self._kubernetes.close()
@@ -527,7 +523,7 @@ class KubernetesWorker(
     ) -> tuple[str, str] | None:
         """Point `PREFECT_API_KEY` / `PREFECT_API_AUTH_STRING` at Secrets when configured to.
 
-        Returns the (namespace, name) of the Secret created for this run, if one was.
+        Returns the (namespace, name) of the API-key Secret when this worker process created it.
         """
         settings = all_settings.worker
         env = _prefect_container(configuration.job_manifest).get("env") or []
@@ -540,12 +536,12 @@ class KubernetesWorker(
         )
         created = None
         if not secret_name and settings.create_secret_for_api_key and api_key:
-            secret_name = f"prefect-{_core.slugify_name(self.name) or 'worker'}-api-key"
+            secret_name = _api_key_secret_name(self._work_pool_name, api_key)
             secret_key = "value"
-            created = (namespace, secret_name)
             async with self._secrets_lock:
                 try:
-                    await cluster.apply_secret(namespace, secret_name, secret_key, api_key)
+                    if await cluster.ensure_secret(namespace, secret_name, secret_key, api_key):
+                        self._created_secrets[(namespace, secret_name)] = cluster
                 except KubernetesApiError as error:
                     raise InfrastructureError(
                         _secret_failure(error, secret_name, namespace)
@@ -554,8 +550,9 @@ class KubernetesWorker(
                     raise InfrastructureNotAvailable(
                         f"Unable to store the Prefect API key in Secret {secret_name!r}: {error}"
                     ) from error
-                self._created_secrets[created] = cluster
-                self._secret_users[created] = self._secret_users.get(created, 0) + 1
+                if (namespace, secret_name) in self._created_secrets:
+                    created = (namespace, secret_name)
+                    self._secret_users[created] = self._secret_users.get(created, 0) + 1
         if secret_name:
             _reference_secret(env, "PREFECT_API_KEY", secret_name, secret_key)
         auth_name = settings.api_auth_string_secret_name
@@ -738,6 +735,13 @@ def _reference_secret(env: list[dict[str, Any]], name: str, secret: str, key: st
 _LARGE_MANIFEST_BYTES = 1024 * 1024
 
 
+def _api_key_secret_name(work_pool_name: str, api_key: str) -> str:
+    """`prefect-<pool>-api-key-<digest of the key>`: one Secret per pool and key, whichever
+    worker of the pool (and however many restarts) created it; a new key gets a new name."""
+    digest = hashlib.sha256(api_key.encode()).hexdigest()[:10]
+    return f"prefect-{_core.slugify_name(work_pool_name) or 'pool'}-api-key-{digest}"
+
+
 def _creation_failure(
     error: KubernetesApiError, configuration: KubernetesWorkerJobConfiguration, source_name: str
 ) -> str:
@@ -778,7 +782,7 @@ def _secret_failure(error: KubernetesApiError, name: str, namespace: str) -> str
     )
     if error.status_code == 403:
         hint = (
-            "The worker's Kubernetes identity needs get, create and update on secrets there, "
+            "The worker's Kubernetes identity needs create on secrets there, "
             "or set PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_NAME to a Secret "
             "that holds the key."
         )

@@ -277,56 +277,46 @@ pub fn describe_event(kind: &str, event: &Event) -> String {
     }
 }
 
-/// Creates the Secret `name` holding `value` under `key`, or replaces its data when it exists.
-/// The value never appears in an error: only the Secret's name does.
-pub async fn apply_secret(
+/// Creates the Secret `name` holding `value` under `key` unless it exists; `Ok(true)` when this
+/// call created it. Secret names carry a digest of their value, so an existing one already
+/// holds the same value: one request, and nothing overwritten that a running pod may need.
+pub async fn ensure_secret(
     cluster: &Cluster,
     namespace: &str,
     name: &str,
     key: &str,
     value: &str,
-) -> Result<()> {
+) -> Result<bool> {
     use k8s_openapi::api::core::v1::Secret;
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
 
     let secrets: Api<Secret> = Api::namespaced(cluster.client(), namespace);
-    let what = format!("secret '{name}' in namespace '{namespace}'");
-    let data = BTreeMap::from([(key.to_owned(), ByteString(value.as_bytes().to_vec()))]);
-    match secrets
-        .get_opt(name)
-        .await
-        .map_err(|error| K8sError::from_kube(error, "get", &what))?
-    {
-        Some(mut existing) => {
-            existing.data = Some(data);
-            existing.string_data = None;
-            secrets
-                .replace(name, &PostParams::default(), &existing)
-                .await
-                .map_err(|error| K8sError::from_kube(error, "replace", &what))?;
-        }
-        None => {
-            let secret = Secret {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(name.to_owned()),
-                    namespace: Some(namespace.to_owned()),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/managed-by".into(),
-                        "prefect".into(),
-                    )])),
-                    ..Default::default()
-                },
-                data: Some(data),
-                ..Default::default()
-            };
-            secrets
-                .create(&PostParams::default(), &secret)
-                .await
-                .map_err(|error| K8sError::from_kube(error, "create", &what))?;
-        }
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".into(),
+                "prefect".into(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_owned(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(error) => Err(K8sError::from_kube(
+            error,
+            "create",
+            &format!("secret '{name}' in namespace '{namespace}'"),
+        )),
     }
-    Ok(())
 }
 
 /// Deletes the Secret `name`; `Ok(false)` when it did not exist.
