@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -427,6 +428,87 @@ async def test_twenty_runs_at_once_all_complete_each_with_its_own_log_and_one_jo
     while json.loads(testbed.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]:
         assert time.monotonic() < deadline, "Jobs left after their TTL"
         await asyncio.sleep(2)
+
+
+async def test_worker_killed_mid_run_and_restarted_leaves_the_run_to_finish_in_its_one_job(
+    stack, testbed, namespace
+):
+    """SIGKILL, no teardown: the Job runs on, the flow reports its own final state, the next
+    worker does not start it again, and the API-key Secret is reused, not added to."""
+    pool = f"restart-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(pool, KubernetesWorker.get_default_base_job_template())
+    with_api_key_secret = {
+        "PREFECT_API_KEY": "pnu_" + uuid.uuid4().hex,
+        "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_CREATE_SECRET_FOR_API_KEY": "true",
+    }
+    first = stack.start_worker(pool, kubeconfig=testbed.kubeconfig, extra_env=with_api_key_secret)
+    flow_run = await deploy_and_run(
+        stack, "sleep_for", pool=pool, parameters={"seconds": 15}, namespace=namespace
+    )
+    await stack.wait_for_state([flow_run.id], done=lambda run: run.state.is_running(), timeout=120)
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+
+    second = stack.start_worker(pool, kubeconfig=testbed.kubeconfig, extra_env=with_api_key_secret)
+    try:
+        finished = await final_state(stack, flow_run, timeout=180)
+        assert finished.state.name == "Completed", finished.state
+        (job,) = objects(testbed, "jobs", namespace, flow_run.id)
+        (pod,) = objects(testbed, "pods", namespace, flow_run.id)
+        log = testbed.kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
+        assert f"woke up in run {flow_run.id}" in log
+        assert f"submitting flow run '{flow_run.id}'" not in second.output()
+
+        # The restarted worker (another name) runs the pool's next flow with the same Secret.
+        next_run = await deploy_and_run(
+            stack, "numbered_lines", pool=pool, parameters={"count": 1}, namespace=namespace
+        )
+        assert (await final_state(stack, next_run)).state.name == "Completed"
+        listed = testbed.kubectl("get", "secrets", "-n", namespace, "-o", "json").stdout
+        secrets = json.loads(listed)
+        api_key_secrets = [
+            secret["metadata"]["name"]
+            for secret in secrets["items"]
+            if secret["metadata"]["name"].startswith(f"prefect-{pool}-api-key-")
+        ]
+        assert len(api_key_secrets) == 1, api_key_secrets
+    finally:
+        stack.stop_worker(second)
+
+
+async def test_two_workers_polling_one_pool_run_each_flow_run_in_exactly_one_job(
+    stack, testbed, namespace
+):
+    pool = f"pair-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(pool, KubernetesWorker.get_default_base_job_template())
+    workers = [stack.start_worker(pool, kubeconfig=testbed.kubeconfig) for _ in range(2)]
+    try:
+        deployment_id = await stack.deploy(
+            FLOWS,
+            "flows.py:numbered_lines",
+            pool,
+            {"image": "local-process", "namespace": namespace},
+        )
+        flow_runs = await asyncio.gather(
+            *(stack.run_deployment(deployment_id, {"count": 2}) for _ in range(10))
+        )
+        finished = await stack.wait_for_state([run.id for run in flow_runs], timeout=300)
+        assert sorted(run.state.name for run in finished.values()) == ["Completed"] * 10
+        for run in finished.values():
+            name = job_name(run)
+            for_this_job = [f"Job '{name}' completed"]
+            ran_it = [w for w in workers if f"Kubernetes job {name!r} created" in w.output()]
+            assert len(ran_it) == 1, f"{name} created by {len(ran_it)} workers"
+            ran_it[0].wait_for_any_output(for_this_job)
+        outputs = "".join(worker.output() for worker in workers)
+        for flow_run in flow_runs:
+            assert len(objects(testbed, "jobs", namespace, flow_run.id)) == 1
+            assert run_lines(outputs, flow_run.id) == [
+                f"line {n} of 2 in run {flow_run.id}" for n in (1, 2)
+            ]
+    finally:
+        for worker in workers:
+            stack.stop_worker(worker)
 
 
 def test_demo_runs_succeed_fail_and_crash_as_they_should():
