@@ -152,3 +152,68 @@ async def test_a_template_copied_from_a_kubernetes_pool_is_accepted(
     for configuration in (ours, theirs):
         configuration.prepare_for_flow_run(flow_run)
     assert ours.job_manifest == theirs.job_manifest
+
+
+QUICKSTART_FLOW = """
+from prefect import flow
+
+
+@flow(log_prints=True)
+def hello(name: str = "Kubernetes"):
+    print(f"Hello, {name}!")
+
+
+if __name__ == "__main__":
+    flow.from_source(source=SOURCE, entrypoint="flows.py:hello").deploy(
+        name="hello", work_pool_name="my-pool"
+    )
+"""
+
+
+@pytest.mark.cluster
+def test_the_readme_quickstart_runs_a_flow_on_the_cluster(
+    fresh_venv, cli_env, prefect_server, testbed, tmp_path
+):
+    """The README's "Install and run on a real cluster" steps, in a venv holding only our wheel,
+    with the testbed as the cluster (through KUBECONFIG, as a user's laptop would have it). The
+    flow's source is a local directory instead of a git repository: the pods run on this machine.
+    """
+    env = {key: value for key, value in cli_env.items() if key != "PREFECT_LOGGING_LEVEL"} | {
+        "PREFECT_API_URL": prefect_server,
+        "KUBECONFIG": str(testbed.kubeconfig),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "COLUMNS": "500",
+    }
+    result = prefect(fresh_venv, env, "work-pool", "create", "my-pool", "--type", "kubernetes-rs")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "wb") as log:
+        worker = subprocess.Popen(
+            [str(fresh_venv / "bin" / "prefect"), "worker", "start", "--pool", "my-pool",
+             "--type", "kubernetes-rs"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        flows = tmp_path / "project"
+        flows.mkdir()
+        (flows / "flows.py").write_text(QUICKSTART_FLOW.replace("SOURCE", repr(str(flows)), 1))
+        deployed = subprocess.run(
+            [str(fresh_venv / "bin" / "python"), "flows.py"],
+            cwd=flows, env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        ran = prefect(
+            fresh_venv, env, "deployment", "run", "hello/hello", "--param", "name=README",
+            "--watch", "--watch-timeout", "240",
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "Completed" in ran.stdout, ran.stdout
+        deadline = time.monotonic() + 60
+        while "Hello, README!" not in worker_log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, worker_log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+    finally:
+        from testbed_support import stop_processes
+
+        stop_processes([worker])
