@@ -284,6 +284,9 @@ async def test_fifty_runs_share_one_job_watch_and_one_pod_watch(testbed):
     log_requests = sum(patterns.get("/api/v1/namespaces/{ns}/pods/{name}/log", {}).values())
     others = counts["total"] - log_requests
     assert others <= 3 * 50, patterns
+    # Per run one followed stream and one final read; a little slack for a pod watch that
+    # reports a container's end more than 5 s after its stream ended (a loaded machine).
+    assert log_requests <= 2 * 50 + 10, patterns
 
 
 async def test_a_create_answered_503_once_makes_exactly_one_job(testbed):

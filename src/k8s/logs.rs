@@ -103,9 +103,18 @@ pub async fn follow_container_log(
                 }
                 match outcome {
                     StreamEnd::Complete if finished => return Ok(()),
-                    // Ended while the container runs (a cut), or the container just ended:
-                    // read again from the cursor; a finished container gives a final read.
-                    StreamEnd::Complete | StreamEnd::Interrupted | StreamEnd::Stalled => {}
+                    // The server ends a followed stream when the container ends, usually a
+                    // moment before the pod watch says so. Wait for that, so the next request
+                    // is the one final read rather than another follow that ends at once; a
+                    // container still running after the grace had its stream closed (e.g. an
+                    // API server restart) and is followed again from the cursor.
+                    StreamEnd::Complete => {
+                        let _ =
+                            tokio::time::timeout(DRAIN_GRACE, ended.wait_for(|ended| *ended)).await;
+                    }
+                    // A cut, or a stream silent after the container ended: read again from the
+                    // cursor.
+                    StreamEnd::Interrupted | StreamEnd::Stalled => {}
                 }
             }
             Err(error) => {
