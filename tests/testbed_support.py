@@ -13,7 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,3 +164,32 @@ class Testbed:
         with urllib.request.urlopen(request, timeout=10) as response:
             text = response.read()
         return json.loads(text) if text else None
+
+    @contextmanager
+    def proxy_rule(self, *rules: dict[str, Any]) -> Iterator[list[int]]:
+        """Installs fault-proxy rules for the `with` block, deleting them after it, even on failure;
+        gives their ids."""
+        answer = self.proxy("POST", "/rules", list(rules))
+        try:
+            yield answer["ids"]
+        finally:
+            for rule in answer["ids"]:
+                try:
+                    self.proxy("DELETE", f"/rules/{rule}")
+                except urllib.error.HTTPError as error:
+                    if error.code != 404:  # a test may have ended it early
+                        raise
+
+    def proxy_rules_applied(self, ids: list[int]) -> list[int]:
+        """How many requests each of these rules has changed so far."""
+        rules = {entry["id"]: entry for entry in self.proxy("GET", "/rules")["rules"]}
+        return [rules[rule]["applied"] for rule in ids]
+
+    def restart_apiserver(self) -> None:
+        """Restarts kube-apiserver alone, on the same port with the same flags (etcd keeps every
+        object, the controller-manager keeps running); returns once it is ready again."""
+        environment = os.environ | {"PKR_CLUSTER_DIR": str(self.state_dir)}
+        subprocess.run(
+            [str(CLUSTER_SCRIPT), "restart-apiserver"],
+            env=environment, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, watch};
 /// How long a stream may stay silent after the container ended before we stop waiting for its
 /// end and read what is left instead (a dead connection otherwise hangs forever).
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long the last read of an ended container's log keeps trying through API failures.
+const FINAL_READ_PATIENCE: Duration = Duration::from_secs(120);
 /// Lines handed over at once, so Python is woken per batch, not per line.
 const BATCH_LINES: usize = 256;
 
@@ -76,6 +78,7 @@ pub async fn follow_container_log(
 ) -> Result<(), K8sError> {
     let mut cursor = LogCursor::default();
     let mut failures = 0u32;
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
         let finished = *ended.borrow();
         let params = LogParams {
@@ -89,6 +92,7 @@ pub async fn follow_container_log(
         match pods.log_stream(&pod, &params).await {
             Ok(stream) => {
                 failures = 0;
+                failing_since = None;
                 let outcome = read_stream(
                     stream,
                     &mut cursor,
@@ -120,8 +124,19 @@ pub async fn follow_container_log(
             Err(error) => {
                 let error = K8sError::from_kube(error, "read", &format!("log of pod '{pod}'"));
                 failures += 1;
+                let failing_for = failing_since
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed();
                 // A container that has not started yet answers 400; one that is gone with its pod, 404.
-                if finished && (failures > 3 || error.status_code() == Some(404)) {
+                // Once the container has ended: a 404 (the pod is gone) or repeated 400s (its
+                // log is not available) are final; an API server that is away (5xx, 429,
+                // connection errors) is waited for, as the log is still there to read.
+                let no_such_log = error.status_code() == Some(400) && failures > 3;
+                if finished
+                    && (no_such_log
+                        || error.status_code() == Some(404)
+                        || failing_for > FINAL_READ_PATIENCE)
+                {
                     return Err(error);
                 }
                 log::debug!("log stream of pod '{pod}' not available yet: {error}");

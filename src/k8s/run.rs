@@ -12,7 +12,7 @@ use crate::k8s::watch::{ObjectEvent, RunSubscription};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::Api;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -124,6 +124,8 @@ pub struct RunState {
     job: Option<Job>,
     job_deleted: bool,
     pods: BTreeMap<String, Pod>,
+    /// Pods seen deleted: their last state is final.
+    deleted_pods: HashSet<String>,
     phases: HashMap<String, String>,
 }
 
@@ -135,6 +137,7 @@ impl RunState {
             job: None,
             job_deleted: false,
             pods: BTreeMap::new(),
+            deleted_pods: HashSet::new(),
             phases: HashMap::new(),
         }
     }
@@ -159,8 +162,13 @@ impl RunState {
     /// Folds in a pod event; returns the phase changes it caused.
     pub fn apply_pod(&mut self, event: ObjectEvent<Pod>) -> Vec<PodPhaseChange> {
         match event {
-            ObjectEvent::Applied(pod) | ObjectEvent::Deleted(pod) if self.owns(&pod) => {
+            ObjectEvent::Applied(pod) if self.owns(&pod) => {
                 let name = pod.metadata.name.clone().unwrap_or_default();
+                self.pods.insert(name, pod);
+            }
+            ObjectEvent::Deleted(pod) if self.owns(&pod) => {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                self.deleted_pods.insert(name.clone());
                 self.pods.insert(name, pod);
             }
             ObjectEvent::Resynced(pods) => {
@@ -235,6 +243,23 @@ impl RunState {
         pods
     }
 
+    /// The pod whose end is the Job's: for a completed Job the newest pod whose flow container
+    /// exited 0, for a failed one the newest pod that failed; else the newest pod. Creation
+    /// times have second precision, so "newest" alone cannot tell a pod deleted from outside
+    /// from its replacement started the same second.
+    fn pod_that_ended_the_job(&self, end: &JobEnd) -> Option<&Pod> {
+        let pods = self.pods_newest_first();
+        let code = |pod: &Pod| flow_container(pod).and_then(exit_code);
+        let matching = match end {
+            JobEnd::Complete => pods.iter().find(|pod| code(pod) == Some(0)),
+            JobEnd::Failed(_) => pods
+                .iter()
+                .find(|pod| pod_phase(pod) == "Failed" || code(pod).is_some_and(|code| code != 0)),
+            JobEnd::Deleted => None,
+        };
+        matching.or(pods.first()).copied()
+    }
+
     /// Has a pod left Pending, or is one stuck for good?
     pub fn start_status(&self) -> StartStatus {
         let pods = self.pods_newest_first();
@@ -277,7 +302,9 @@ impl RunState {
             .as_ref()
             .and_then(|spec| spec.backoff_limit)
             .unwrap_or(6);
-        if status.failed.unwrap_or(0) > backoff_limit {
+        // Without the condition, only once nothing runs: a pod deleted from outside counts as
+        // failed while the Job controller may still run its replacement to the end.
+        if status.failed.unwrap_or(0) > backoff_limit && status.active.unwrap_or(0) == 0 {
             return Some(JobEnd::Failed("BackoffLimitExceeded".into()));
         }
         None
@@ -285,7 +312,7 @@ impl RunState {
 
     /// The outcome once the Job is over: the exit code of the newest pod's flow container.
     pub fn outcome(&self, end: &JobEnd) -> RunOutcome {
-        let newest = self.pods_newest_first().into_iter().next();
+        let newest = self.pod_that_ended_the_job(end);
         let evicted = newest.is_some_and(is_evicted);
         let exit_code = newest.and_then(flow_container).and_then(exit_code);
         match (end, exit_code) {
@@ -324,8 +351,9 @@ impl RunState {
         }
     }
 
-    /// Is the newest pod's story told: no pod, or one in a final phase or with an ended flow
-    /// container?
+    /// Is the newest pod's story told: no pod, or one in a final phase, with an ended flow
+    /// container, deleted, or on a lost node? A pod being deleted is not: the kubelet writes
+    /// its container's exit code before it confirms the deletion.
     pub fn newest_pod_settled(&self) -> bool {
         match self.pods_newest_first().first() {
             // No pod seen: settled only if the Job never had one (its pods' events may lag
@@ -334,7 +362,15 @@ impl RunState {
             Some(pod) => {
                 matches!(pod_phase(pod), "Succeeded" | "Failed")
                     || flow_container(pod).and_then(exit_code).is_some()
-                    || pod.metadata.deletion_timestamp.is_some()
+                    || pod
+                        .metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|name| self.deleted_pods.contains(name))
+                    || pod
+                        .status
+                        .as_ref()
+                        .is_some_and(|status| status.reason.as_deref() == Some("NodeLost"))
             }
         }
     }
@@ -1008,6 +1044,14 @@ mod tests {
         );
 
         let mut state = RunState::new(JOB);
+        state.apply_job(ObjectEvent::Applied(job(json!({"failed": 1, "active": 1}))));
+        assert_eq!(
+            state.job_end(),
+            None,
+            "a replacement pod still runs: the controller has not given up"
+        );
+
+        let mut state = RunState::new(JOB);
         state.apply_job(ObjectEvent::Applied(job(json!({"active": 1}))));
         state.apply_job(ObjectEvent::Resynced(vec![]));
         assert_eq!(
@@ -1095,6 +1139,69 @@ mod tests {
                 .outcome(&JobEnd::Failed("BackoffLimitExceeded".into()))
                 .exit_code,
             137
+        );
+    }
+
+    #[test]
+    fn a_pod_being_deleted_is_settled_by_its_exit_code_or_its_deletion() {
+        let running = json!({"phase": "Running", "containerStatuses": [
+            {"name": "prefect-job", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+             "state": {"running": {}}}]});
+        let mut terminating = pod("p1", "2026-01-01T00:00:00Z", running.clone());
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:05Z".parse().unwrap(),
+            ));
+        let mut state = RunState::new(JOB);
+        state.apply_pod(ObjectEvent::Applied(terminating.clone()));
+        assert!(
+            !state.newest_pod_settled(),
+            "the kubelet has not written the exit code yet"
+        );
+        let mut killed = terminating.clone();
+        killed.status = pod("p1", "2026-01-01T00:00:00Z", terminated(143, "Error")).status;
+        state.apply_pod(ObjectEvent::Applied(killed));
+        assert!(state.newest_pod_settled());
+        assert_eq!(
+            state
+                .outcome(&JobEnd::Failed("BackoffLimitExceeded".into()))
+                .exit_code,
+            143
+        );
+
+        let mut state = RunState::new(JOB);
+        state.apply_pod(ObjectEvent::Deleted(terminating.clone()));
+        assert!(state.newest_pod_settled(), "deleted without an exit code");
+        let mut lost = terminating;
+        lost.status.as_mut().unwrap().reason = Some("NodeLost".into());
+        let mut state = RunState::new(JOB);
+        state.apply_pod(ObjectEvent::Applied(lost));
+        assert!(
+            state.newest_pod_settled(),
+            "a lost node writes no exit code"
+        );
+    }
+
+    #[test]
+    fn the_exit_code_comes_from_the_pod_that_ended_the_job() {
+        // A pod deleted from outside (143) and its replacement, created the same second.
+        let mut state = RunState::new(JOB);
+        state.apply_pod(ObjectEvent::Applied(pod(
+            "p-zzz",
+            "2026-01-01T00:00:00Z",
+            terminated(143, "Error"),
+        )));
+        state.apply_pod(ObjectEvent::Applied(pod(
+            "p-aaa",
+            "2026-01-01T00:00:00Z",
+            terminated(0, "Completed"),
+        )));
+        assert_eq!(state.outcome(&JobEnd::Complete).exit_code, 0);
+        assert_eq!(
+            state
+                .outcome(&JobEnd::Failed("BackoffLimitExceeded".into()))
+                .exit_code,
+            143
         );
     }
 

@@ -31,6 +31,9 @@ const RESYNC_BATCH: usize = 50;
 const WATCH_TIMEOUT_SECONDS: u32 = 290;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a run waits for a watch that fails to open for a reason that may pass (429, 5xx,
+/// a reset or refused connection) before it reports that reason.
+const OPEN_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What a run learns about its objects.
 #[derive(Debug, Clone)]
@@ -128,20 +131,29 @@ where
         }
     }
 
-    /// Waits until the watch is open, or fails with why it cannot open (e.g. the worker may
-    /// not list or watch this kind of object there, or the API server is unreachable).
+    /// Waits until the watch is open, or fails with why it cannot open: at once when the API
+    /// server refuses (e.g. the worker may not list or watch this kind of object there), after
+    /// [`OPEN_PATIENCE`] of transient failures (throttling, 5xx, connection errors).
     async fn wait_ready(&self) -> Result<(), K8sError> {
         let mut ready = self.ready.clone();
-        let state = match ready
-            .wait_for(|state| !matches!(state, WatchState::Starting))
-            .await
-        {
-            Ok(state) => state.clone(),
-            Err(_) => return Ok(()),
-        };
-        match state {
-            WatchState::Failing(error) => Err(error),
-            _ => Ok(()),
+        let give_up_at = tokio::time::Instant::now() + OPEN_PATIENCE;
+        loop {
+            let state = ready.borrow_and_update().clone();
+            let changed = match state {
+                WatchState::Ready => return Ok(()),
+                WatchState::Failing(error) if !error.is_retryable() => return Err(error),
+                WatchState::Failing(error) => {
+                    match tokio::time::timeout_at(give_up_at, ready.changed()).await {
+                        Ok(changed) => changed,
+                        Err(_) => return Err(error),
+                    }
+                }
+                WatchState::Starting => ready.changed().await,
+            };
+            if changed.is_err() {
+                // The watcher is gone: nothing to wait for.
+                return Ok(());
+            }
         }
     }
 }
@@ -436,4 +448,61 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch_in(state: WatchState) -> (SharedWatch<Pod>, watch::Sender<WatchState>) {
+        let (sender, ready) = watch::channel(state);
+        let shared = SharedWatch {
+            subscribers: Arc::default(),
+            ready,
+            task: tokio::spawn(async {}),
+            stats: Arc::default(),
+        };
+        (shared, sender)
+    }
+
+    fn api_error(code: u16) -> K8sError {
+        K8sError::Api {
+            verb: "list".into(),
+            what: "pods".into(),
+            code,
+            reason: String::new(),
+            message: String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_watch_fails_at_once() {
+        let (shared, _sender) = watch_in(WatchState::Failing(api_error(403)));
+        let error = shared.wait_ready().await.unwrap_err();
+        assert_eq!(error.status_code(), Some(403));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_watch_is_waited_for_until_it_opens() {
+        let (shared, sender) = watch_in(WatchState::Failing(api_error(429)));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = sender.send(WatchState::Failing(api_error(503)));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = sender.send(WatchState::Ready);
+            std::future::pending::<()>().await;
+        });
+        let started = tokio::time::Instant::now();
+        shared.wait_ready().await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_that_keeps_failing_reports_why_after_the_patience() {
+        let (shared, _sender) = watch_in(WatchState::Failing(api_error(503)));
+        let started = tokio::time::Instant::now();
+        let error = shared.wait_ready().await.unwrap_err();
+        assert_eq!(error.status_code(), Some(503));
+        assert_eq!(started.elapsed(), OPEN_PATIENCE);
+    }
 }

@@ -6,6 +6,8 @@
 #   cluster.sh up       build (cached) the binaries, start a fresh stack, write kubeconfigs
 #   cluster.sh down     stop exactly the processes `up` started (SIGTERM, then SIGKILL)
 #   cluster.sh status   print whether the stack is up; exit 0 if up, 1 if not
+#   cluster.sh restart-apiserver
+#                       restart kube-apiserver alone (same port and flags; etcd keeps the data)
 #
 # Environment:
 #   PKR_CLUSTER_DIR     state dir (default: <repo>/.cluster): kubeconfig, kubeconfig-narrow,
@@ -273,6 +275,32 @@ kcm_healthy() { [[ "$(curl -sfk --max-time 2 "https://127.0.0.1:$KCM_PORT/health
 # shellcheck disable=SC2317
 default_sa_exists() { api GET /api/v1/namespaces/default/serviceaccounts/default; }
 
+# Start kube-apiserver on $API_PORT against etcd on $ETCD_PORT (also used by restart-apiserver,
+# which must give it the same flags).
+start_apiserver() {
+    start kube-apiserver "$BIN_DIR/kube-apiserver" \
+        --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+        --bind-address=127.0.0.1 \
+        --advertise-address=127.0.0.1 \
+        --secure-port="$API_PORT" \
+        --insecure-port=0 \
+        --cert-dir="$PKI_DIR/apiserver-selfsigned" \
+        --tls-cert-file="$PKI_DIR/apiserver.crt" \
+        --tls-private-key-file="$PKI_DIR/apiserver.key" \
+        --client-ca-file="$PKI_DIR/ca.crt" \
+        --token-auth-file="$STATE_DIR/tokens.csv" \
+        --authorization-mode=RBAC \
+        --service-account-key-file="$PKI_DIR/sa.pub" \
+        --service-account-signing-key-file="$PKI_DIR/sa.key" \
+        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+        --service-cluster-ip-range="$SERVICE_CIDR" \
+        --endpoint-reconciler-type=none \
+        --disable-admission-plugins=ServiceAccount \
+        --kubelet-preferred-address-types=InternalIP \
+        --allow-privileged=true \
+        --feature-gates="$FEATURE_GATES"
+}
+
 # --- commands ----------------------------------------------------------------------------------
 
 cmd_up() {
@@ -344,27 +372,7 @@ cmd_up() {
     wait_for etcd "etcd /health" etcd_healthy
 
     log "starting kube-apiserver on $SERVER"
-    start kube-apiserver "$BIN_DIR/kube-apiserver" \
-        --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-        --bind-address=127.0.0.1 \
-        --advertise-address=127.0.0.1 \
-        --secure-port="$API_PORT" \
-        --insecure-port=0 \
-        --cert-dir="$PKI_DIR/apiserver-selfsigned" \
-        --tls-cert-file="$PKI_DIR/apiserver.crt" \
-        --tls-private-key-file="$PKI_DIR/apiserver.key" \
-        --client-ca-file="$PKI_DIR/ca.crt" \
-        --token-auth-file="$STATE_DIR/tokens.csv" \
-        --authorization-mode=RBAC \
-        --service-account-key-file="$PKI_DIR/sa.pub" \
-        --service-account-signing-key-file="$PKI_DIR/sa.key" \
-        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-        --service-cluster-ip-range="$SERVICE_CIDR" \
-        --endpoint-reconciler-type=none \
-        --disable-admission-plugins=ServiceAccount \
-        --kubelet-preferred-address-types=InternalIP \
-        --allow-privileged=true \
-        --feature-gates="$FEATURE_GATES"
+    start_apiserver
     wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
     log "kube-apiserver ready after $((SECONDS - t0))s"
 
@@ -403,6 +411,39 @@ EOF
     log "kubeconfig (admin):  $KUBECONFIG_ADMIN"
     log "kubeconfig (narrow): $KUBECONFIG_NARROW"
     echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+}
+
+# Stop kube-apiserver alone and start it again on the same port with the same flags; etcd (and
+# so every object) and the controller-manager keep running. Returns once /readyz answers.
+cmd_restart_apiserver() {
+    [[ -f "$ENV_FILE" ]] || die "not up (no $ENV_FILE)"
+    SERVER="$(sed -n 's/^PKR_APISERVER_URL=//p' "$ENV_FILE")"
+    API_PORT="$(sed -n 's/^PKR_APISERVER_PORT=//p' "$ENV_FILE")"
+    ETCD_PORT="$(sed -n 's/^PKR_ETCD_URL=http:\/\/127.0.0.1://p' "$ENV_FILE")"
+    BIN_DIR="$(sed -n 's/^PKR_BIN_DIR=//p' "$ENV_FILE")"
+    ADMIN_TOKEN="$(sed -n 's/^ *token: //p' "$KUBECONFIG_ADMIN")"
+    local name pid exe found=""
+    while read -r name pid exe; do
+        [[ "$name" == kube-apiserver ]] || continue
+        found=1
+        log "stopping kube-apiserver (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        local deadline=$((SECONDS + 10))
+        while pid_matches "$pid" "$exe" && ((SECONDS < deadline)); do sleep 0.1; done
+        if pid_matches "$pid" "$exe"; then
+            kill -KILL "$pid" 2>/dev/null || true
+            while pid_matches "$pid" "$exe"; do sleep 0.1; done
+        fi
+    done < <(live_processes)
+    [[ -n "$found" ]] || die "kube-apiserver is not running"
+    local kept
+    kept="$(awk '$1 != "kube-apiserver"' "$PIDS_FILE")"
+    printf '%s\n' "$kept" >"$PIDS_FILE"
+    mv "$LOG_DIR/kube-apiserver.log" "$LOG_DIR/kube-apiserver.previous.log"
+    local t0=$SECONDS
+    start_apiserver
+    wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
+    log "kube-apiserver restarted on $SERVER, ready after $((SECONDS - t0))s"
 }
 
 cmd_down() {
@@ -449,6 +490,7 @@ main() {
     case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
+    restart-apiserver) cmd_restart_apiserver ;;
     status) cmd_status ;;
     -h | --help | help) usage ;;
     *)
