@@ -82,9 +82,26 @@ fmt: $(STAMP)-venv ## Format Rust and Python code
 	$(BIN)/ruff format python tests bench demo
 	$(BIN)/ruff check --fix python tests bench demo
 
+# The Python workers the benchmarks compare against, each in its own venv on the same Prefect
+# as ours: the seed-era 0.5.x (follows runs, like ours) and the latest (create-and-return).
+BENCH_VENVS := bench/.venvs
+BENCH_PYTHON_WORKERS := 0.5.10 0.8.0
+
+$(BENCH_VENVS)/pk-%/.stamp: $(STAMP)-venv
+	@echo "==> prefect-kubernetes $* in $(BENCH_VENVS)/pk-$*"
+	test -x $(BENCH_VENVS)/pk-$*/bin/python || $(PYTHON) -m venv $(BENCH_VENVS)/pk-$*
+	$(BENCH_VENVS)/pk-$*/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENVS)/pk-$*/bin/python -m pip install --quiet "prefect-kubernetes==$*" \
+		"prefect==$$($(BIN)/python -c "from importlib.metadata import version; print(version('prefect'))")"
+	touch $@
+
+$(STAMP)-bench: $(STAMP)-venv
+	$(BIN)/python -m pip install --quiet "matplotlib>=3.8"
+	touch $@
+
 .PHONY: bench
-bench: install ## Benchmarks against prefect-kubernetes, written to bench/results/
-	$(BIN)/python bench/config_path.py
+bench: install testbed $(STAMP)-bench $(BENCH_PYTHON_WORKERS:%=$(BENCH_VENVS)/pk-%/.stamp) ## This worker vs prefect-kubernetes 0.5.x and latest on the testbed (~32 min); writes bench/results/
+	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 .PHONY: wheel
 wheel: $(STAMP)-venv ## Build the release wheel into dist/

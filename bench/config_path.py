@@ -1,12 +1,14 @@
-"""Per-run configuration cost: template + validate + prepare, this package vs prefect-kubernetes.
+"""Per-run configuration cost of one worker: template + validate + prepare.
 
-Both workers get the same work pool template (prefect-kubernetes's default, as a user copying
-a `kubernetes` pool would have), the same job variables and the same flow run, in the same
-process, one after the other, alternating rounds so machine noise hits both alike. Warm-up
-rounds are discarded; the result is the median per-run time over the measured rounds, with
-the spread (min, max of the round medians).
+`bench/run_bench.py` runs this once per worker, each with the interpreter of its own venv, all
+with the same work pool template (a `kubernetes` pool's default, as a user moving a pool over
+has it), the same job variables and the same flow run. Warm-up rounds are discarded; the
+result is the median per-run time over the measured rounds, with the spread (min, max of the
+round medians), and the Job manifest the worker prepared, so the harness can check that every
+worker was given the same work.
 
-    .venv/bin/python bench/config_path.py            # writes bench/results/
+    .venv/bin/python bench/config_path.py --worker-module prefect_kubernetes_rs.worker \
+        --template template.json          # prints the result; --json-out PATH writes it
 """
 
 from __future__ import annotations
@@ -15,23 +17,16 @@ import argparse
 import asyncio
 import copy
 import datetime
+import importlib
 import json
-import os
-import platform
 import statistics
 import time
 import uuid
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from prefect.client.schemas.objects import Flow, FlowRun, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect_kubernetes import worker as python_worker
-
-from prefect_kubernetes_rs import worker as rust_worker
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 JOB_VARIABLES = {
     "image": "registry.example/flows:1.4.2",
@@ -53,32 +48,35 @@ class NoApiClient:
         raise AssertionError(f"unexpected Prefect API call: client.{name}")
 
 
-def run_objects() -> dict[str, Any]:
-    flow = Flow(id=uuid.uuid4(), name="etl-pipeline")
+def run_objects(template: dict[str, Any]) -> dict[str, Any]:
+    """The same flow run for every worker: fixed ids and times, so their Jobs can be compared."""
+    flow = Flow(id=uuid.UUID("11111111-1111-4111-8111-111111111111"), name="etl-pipeline")
     deployment = DeploymentResponse(
-        id=uuid.uuid4(),
+        id=uuid.UUID("22222222-2222-4222-8222-222222222222"),
         name="nightly-load",
         flow_id=flow.id,
-        updated=datetime.datetime.now(datetime.timezone.utc),
+        updated=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
     )
     flow_run = FlowRun(
-        id=uuid.uuid4(), name="happy-cat", flow_id=flow.id, deployment_id=deployment.id
+        id=uuid.UUID("33333333-3333-4333-8333-333333333333"),
+        name="happy-cat",
+        flow_id=flow.id,
+        deployment_id=deployment.id,
     )
-    template = python_worker.KubernetesWorker.get_default_base_job_template()
-    work_pool = WorkPool(id=uuid.uuid4(), name="k8s", type="kubernetes", base_job_template=template)
+    work_pool = WorkPool(
+        id=uuid.UUID("44444444-4444-4444-8444-444444444444"),
+        name="k8s",
+        type="kubernetes",
+        base_job_template=template,
+    )
     return {"flow": flow, "deployment": deployment, "flow_run": flow_run, "work_pool": work_pool}
 
 
 async def configure_once(
-    configuration_class: type,
-    objects: dict[str, Any],
-    client: Any,
-    job_variables: dict | None = None,
+    configuration_class: type, objects: dict[str, Any], job_variables: dict[str, Any]
 ) -> Any:
     configuration = await configuration_class.from_template_and_values(
-        objects["work_pool"].base_job_template,
-        job_variables if job_variables is not None else copy.deepcopy(JOB_VARIABLES),
-        client=client,
+        objects["work_pool"].base_job_template, job_variables, client=NoApiClient()
     )
     configuration.prepare_for_flow_run(
         objects["flow_run"],
@@ -91,122 +89,50 @@ async def configure_once(
 
 
 async def time_round(configuration_class: type, objects: dict[str, Any], runs: int) -> float:
-    client = NoApiClient()
     # Each run gets its own job variables, as from the API; copying them is not timed.
     inputs = [copy.deepcopy(JOB_VARIABLES) for _ in range(runs)]
     started = time.perf_counter()
     for job_variables in inputs:
-        await configure_once(configuration_class, objects, client, job_variables)
+        await configure_once(configuration_class, objects, job_variables)
     return (time.perf_counter() - started) / runs
 
 
-async def measure(rounds: int, warmup: int, runs_rust: int, runs_python: int) -> dict[str, Any]:
-    objects = run_objects()
-    contenders = {
-        "prefect-kubernetes-rs": (rust_worker.KubernetesWorkerJobConfiguration, runs_rust),
-        "prefect-kubernetes": (python_worker.KubernetesWorkerJobConfiguration, runs_python),
-    }
-    # Same inputs must give the same Job, or the comparison means nothing.
-    ours = await configure_once(
-        rust_worker.KubernetesWorkerJobConfiguration, objects, NoApiClient()
-    )
-    theirs = await configure_once(
-        python_worker.KubernetesWorkerJobConfiguration, objects, NoApiClient()
-    )
-    assert ours.job_manifest == theirs.job_manifest, "the two workers prepared different Jobs"
-
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
+async def measure(
+    worker_module: str, template: dict[str, Any], rounds: int, warmup: int, runs: int
+) -> dict[str, Any]:
+    configuration_class = importlib.import_module(worker_module).KubernetesWorkerJobConfiguration
+    objects = run_objects(template)
+    prepared = await configure_once(configuration_class, objects, copy.deepcopy(JOB_VARIABLES))
+    samples = []
     for round_index in range(warmup + rounds):
-        for name, (configuration_class, runs) in contenders.items():
-            per_run = await time_round(configuration_class, objects, runs)
-            if round_index >= warmup:
-                samples[name].append(per_run)
-    summary = {
-        name: {
-            "median_ms": statistics.median(values) * 1e3,
-            "min_ms": min(values) * 1e3,
-            "max_ms": max(values) * 1e3,
-            "rounds": len(values),
-            "runs_per_round": contenders[name][1],
-        }
-        for name, values in samples.items()
-    }
-    ratio = (
-        summary["prefect-kubernetes"]["median_ms"] / summary["prefect-kubernetes-rs"]["median_ms"]
-    )
-    return {"per_run": summary, "speedup": ratio}
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+        per_run = await time_round(configuration_class, objects, runs)
+        if round_index >= warmup:
+            samples.append(per_run)
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "prefect": version("prefect"),
-        "prefect-kubernetes": version("prefect-kubernetes"),
-        "prefect-kubernetes-rs": version("prefect-kubernetes-rs"),
+        "median_ms": statistics.median(samples) * 1e3,
+        "min_ms": min(samples) * 1e3,
+        "max_ms": max(samples) * 1e3,
+        "rounds": rounds,
+        "runs_per_round": runs,
+        "job_manifest": prepared.job_manifest,
     }
-
-
-def write_results(result: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    latest_path = RESULTS / "latest.json"
-    latest = json.loads(latest_path.read_text()) if latest_path.exists() else {}
-    latest["configuration_path"] = result
-    latest["machine"] = machine()
-    latest["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"
-    )
-    latest_path.write_text(json.dumps(latest, indent=2) + "\n")
-
-    ours = result["per_run"]["prefect-kubernetes-rs"]
-    theirs = result["per_run"]["prefect-kubernetes"]
-    target = 50
-    verdict = "met" if result["speedup"] >= target else "MISSED"
-    info = latest["machine"]
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Measured {latest['measured_at']} on {info['cpu']} ({info['cores']} cores), Python "
-        f"{info['python']}, prefect {info['prefect']}, prefect-kubernetes "
-        f"{info['prefect-kubernetes']}. Regenerate with `make bench`.",
-        "",
-        "## Configuration path per flow run (template + validate + prepare)",
-        "",
-        "Same template, job variables and flow run for both; same process; median of "
-        f"{ours['rounds']} rounds after warm-up, spread = min..max of the round medians.",
-        "",
-        "| worker | median per run | spread |",
-        "|---|---|---|",
-        f"| prefect-kubernetes-rs | {ours['median_ms']:.3f} ms | "
-        f"{ours['min_ms']:.3f}..{ours['max_ms']:.3f} ms |",
-        f"| prefect-kubernetes {info['prefect-kubernetes']} | {theirs['median_ms']:.3f} ms | "
-        f"{theirs['min_ms']:.3f}..{theirs['max_ms']:.3f} ms |",
-        "",
-        f"**{result['speedup']:.0f}x less time per run** (target: at least {target}x, {verdict}).",
-        "",
-    ]
-    (RESULTS / "README.md").write_text("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker-module", required=True)
+    parser.add_argument("--template", required=True, help="work pool base job template (JSON)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--runs-rust", type=int, default=2000)
-    parser.add_argument("--runs-python", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=100, help="flow runs per round")
+    parser.add_argument("--json-out", help="write the result here instead of printing it")
     args = parser.parse_args()
-    result = asyncio.run(measure(args.rounds, args.warmup, args.runs_rust, args.runs_python))
-    write_results(result)
-    print((RESULTS / "README.md").read_text())
+    template = json.loads(Path(args.template).read_text())
+    result = asyncio.run(measure(args.worker_module, template, args.rounds, args.warmup, args.runs))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result))
+    else:
+        print({key: value for key, value in result.items() if key != "job_manifest"})
 
 
 if __name__ == "__main__":

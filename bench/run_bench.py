@@ -1,0 +1,666 @@
+"""`make bench`: this worker against prefect-kubernetes, side by side, on one testbed.
+
+Measures prefect-kubernetes-rs, prefect-kubernetes 0.5.x (the seed-era worker that follows
+its runs, as ours does) and prefect-kubernetes latest (which returns once the Job exists), each
+in its own process and venv, with the same work pool template, job variables and testbed, in
+one run; writes `bench/results/latest.json`, `bench/results/README.md` and PNG plots.
+
+    make bench                                   # sets everything up, then runs this
+    .venv/bin/python bench/run_bench.py          # the same, once the venvs exist
+    .venv/bin/python bench/run_bench.py --quick  # a few minutes: smaller N, one repetition
+
+What is measured (see `--help` for the sizes):
+1. configuration path per run (template + validate + prepare): `bench/config_path.py`;
+2. following N runs at once: worker CPU per run, peak RSS and its growth per run in flight,
+   API requests per run by verb and open watches / long-running requests at the peak;
+3. submission latency, `run()` called to the Job created and its pid reported: p50 and p99;
+4. log throughput of one run: lines per second to the worker's stdout, CPU per million lines.
+
+Every worker process runs `bench/worker_driver.py`. It reaches the API server through the
+testbed's fault proxy (with no faults set), which counts that worker's requests alone; the API
+server's own `/metrics` cannot tell its clients apart but gives the registered watches. Each
+measurement gets a fresh namespace, deleted before the next one starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+DRIVER = BENCH / "worker_driver.py"
+sys.path[:0] = [str(BENCH), str(ROOT / "tests")]
+
+# The harness's own modules and the tests' testbed, found through sys.path (not packages).
+import plots  # noqa: E402
+import report  # noqa: E402
+from testbed_support import Testbed  # noqa: E402
+
+# The same job variables for every worker. The pod start wait is raised from its 60 s default:
+# with 1000 Jobs at once the testbed's Job controller (20 API requests/s, as a stock
+# controller-manager) needs minutes to create all the pods, for every worker alike.
+JOB_VARIABLES = {
+    "image": "testbed/none:1",
+    "pod_watch_timeout_seconds": 900,
+    "stream_output": True,
+}
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    python: Path
+    worker_module: str
+    package: str
+    follows_runs: bool
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+
+def installed_version(python: Path, package: str) -> str:
+    return subprocess.run(
+        [str(python), "-c", f"from importlib.metadata import version; print(version({package!r}))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def contenders(python_venvs: list[Path]) -> list[Contender]:
+    ours = ROOT / ".venv" / "bin" / "python"
+    found = [
+        Contender(
+            "prefect-kubernetes-rs",
+            ours,
+            "prefect_kubernetes_rs.worker",
+            "prefect-kubernetes-rs",
+            follows_runs=True,
+        )
+    ]
+    for venv in python_venvs:
+        python = venv / "bin" / "python"
+        version = installed_version(python, "prefect-kubernetes")
+        # Up to 0.5.x the worker followed each run to its end; later ones return once the
+        # Job exists (create-and-return) and leave the following to the flow run itself.
+        major, minor = (int(part) for part in version.split(".")[:2])
+        follows = (major, minor) <= (0, 5)
+        found.append(
+            Contender(
+                f"prefect-kubernetes {version}",
+                python,
+                "prefect_kubernetes.worker",
+                "prefect-kubernetes",
+                follows,
+            )
+        )
+    return found
+
+
+# --- the API server, as admin -------------------------------------------------------------
+
+
+class KubeApi:
+    """Minimal admin client for the testbed: metrics, namespaces, clean-up."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        config = yaml.safe_load(kubeconfig.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        self.server = cluster["server"]
+        self.token = config["users"][0]["user"]["token"]
+        ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+        self.tls = ssl.create_default_context(cadata=ca)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            self.server + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=self.tls, timeout=60) as response:
+            text = response.read()
+        return text if path == "/metrics" else json.loads(text or b"null")
+
+    def metrics(self) -> dict[str, float]:
+        """The gauges and counters the benchmark reads, summed over the labels it ignores."""
+        wanted = {
+            "apiserver_registered_watchers": ("kind",),
+            "apiserver_longrunning_gauge": ("verb", "resource", "subresource"),
+            "apiserver_longrunning_requests": ("verb", "resource", "subresource"),
+            "apiserver_request_total": ("verb", "resource", "subresource"),
+        }
+        totals: dict[str, float] = {}
+        for line in self.request("GET", "/metrics").decode().splitlines():
+            name, _, rest = line.partition("{")
+            if name not in wanted:
+                continue
+            labels_text, _, value = rest.rpartition("} ")
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', labels_text))
+            key = name + ":" + "/".join(labels.get(label, "") for label in wanted[name])
+            totals[key] = totals.get(key, 0.0) + float(value)
+        return totals
+
+    def create_namespace(self, name: str) -> None:
+        self.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+
+    def remove_namespace(self, name: str, timeout: float = 600) -> None:
+        """Delete every Job and pod at once, wait until the pods are gone, drop the namespace.
+
+        Jobs go first so the Job controller makes no new pods; pods are removed with no grace
+        period (the fake kubelet stops scripts at once); repeated, since the controller may
+        have been creating a pod when its Job went.
+        """
+        deadline = time.monotonic() + timeout
+        jobs = f"/apis/batch/v1/namespaces/{name}/jobs"
+        self.request("DELETE", jobs + "?propagationPolicy=Background")
+        while time.monotonic() < deadline:
+            self.request("DELETE", f"/api/v1/namespaces/{name}/pods?gracePeriodSeconds=0")
+            time.sleep(1)
+            pods = self.request("GET", f"/api/v1/namespaces/{name}/pods?limit=1")["items"]
+            if not pods and not self.request("GET", jobs + "?limit=1")["items"]:
+                break
+        else:
+            raise TimeoutError(f"namespace {name} still has Jobs or pods after {timeout} s")
+        self.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def metric_sum(metrics: dict[str, float], prefix: str) -> float:
+    return sum(value for key, value in metrics.items() if key.startswith(prefix))
+
+
+def watch_count(metrics: dict[str, float]) -> float:
+    return metric_sum(metrics, "apiserver_registered_watchers:")
+
+
+def long_running_count(metrics: dict[str, float]) -> float:
+    return metric_sum(metrics, "apiserver_longrunning_gauge:") + metric_sum(
+        metrics, "apiserver_longrunning_requests:"
+    )
+
+
+def request_counts(metrics: dict[str, float]) -> dict[str, float]:
+    return {
+        key.split(":", 1)[1]: value
+        for key, value in metrics.items()
+        if key.startswith("apiserver_request_total:")
+    }
+
+
+class LineCounter(threading.Thread):
+    """Reads the worker's stdout: counts the pods' log lines and when they arrived.
+
+    Runs in the harness, so counting costs the measured worker nothing.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.lines = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def run(self) -> None:
+        while chunk := self.stream.read1(1 << 16):
+            found = chunk.count(b"line ")
+            if found:
+                now = time.monotonic()
+                self.first_at = self.first_at or now
+                self.last_at = now
+                self.lines += found
+
+
+# --- one measurement ------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, bed: Testbed, work_dir: Path) -> None:
+        self.args = args
+        self.bed = bed
+        self.api = KubeApi(bed.kubeconfig)
+        self.work_dir = work_dir
+        self.template_path = work_dir / "template.json"
+        self.sequence = 0
+        prefect_home = work_dir / "prefect-home"
+        prefect_home.mkdir(exist_ok=True)
+        inherited = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("PREFECT_", "VIRTUAL_ENV", "KUBECONFIG"))
+        }
+        # No Prefect server: nothing may start a temporary one or send logs to one.
+        self.worker_env = inherited | {
+            "KUBECONFIG": str(bed.proxy_kubeconfig),
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false",
+            "PREFECT_LOGGING_TO_API_ENABLED": "false",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+
+    def measure(
+        self,
+        contender: Contender,
+        scenario: str,
+        runs: int,
+        behaviour: dict[str, str],
+        rounds: int = 1,
+        expected_lines: int = 0,
+    ) -> dict[str, Any]:
+        """Start the driver for one contender in a fresh namespace; collect what it reports."""
+        self.sequence += 1
+        label = f"{self.sequence:03d}-{scenario}-{runs}-{contender.slug}"
+        namespace = f"bench-{self.sequence:03d}"
+        self.api.create_namespace(namespace)
+        variables_path = self.work_dir / f"{label}-variables.json"
+        variables_path.write_text(json.dumps(JOB_VARIABLES | {"namespace": namespace}))
+        out_path = self.work_dir / f"{label}.json"
+        log_path = self.work_dir / f"{label}.log"
+        command = [
+            str(contender.python),
+            str(DRIVER),
+            "--worker-module",
+            contender.worker_module,
+            "--scenario",
+            scenario,
+            "--runs",
+            str(runs),
+            "--rounds",
+            str(rounds),
+            "--template",
+            str(self.template_path),
+            "--variables",
+            str(variables_path),
+            "--pod-behaviour",
+            json.dumps(behaviour),
+            "--proxy-control",
+            self.bed.proxy_control,
+            "--out",
+            str(out_path),
+        ]
+        print(f"  {label}: {contender.name}, {scenario}, {runs} run(s) x {rounds}", flush=True)
+        timeout = self.args.timeout_base + runs * rounds * self.args.timeout_per_run
+        if scenario != "submit":
+            timeout += float(behaviour.get("run-seconds", 0))
+        metrics_before = self.api.metrics()
+        started = time.monotonic()
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=log, env=self.worker_env, cwd=self.work_dir
+            )
+        counter = LineCounter(process.stdout)
+        counter.start()
+        peak = {"watches": 0.0, "long_running": 0.0}
+        timed_out = False
+        next_sample = 0.0
+        while process.poll() is None:
+            now = time.monotonic()
+            if now - started > timeout:
+                timed_out = True
+                process.kill()
+                break
+            if now >= next_sample:
+                next_sample = now + self.args.metrics_seconds
+                sample = self.api.metrics()
+                peak["watches"] = max(
+                    peak["watches"], watch_count(sample) - watch_count(metrics_before)
+                )
+                peak["long_running"] = max(
+                    peak["long_running"],
+                    long_running_count(sample) - long_running_count(metrics_before),
+                )
+            time.sleep(0.2)
+        process.wait()
+        counter.join(timeout=30)
+        elapsed = time.monotonic() - started
+        proxy_counts = self.bed.proxy("GET", "/counts")
+        metrics_after = self.api.metrics()
+        result: dict[str, Any] = {
+            "contender": contender.name,
+            "scenario": scenario,
+            "runs": runs * rounds,
+            "process_seconds": elapsed,
+            "exit_code": process.returncode,
+            "timed_out": timed_out,
+            "worker_log": log_path.name,
+            "lines_expected": expected_lines,
+            "lines_seen": counter.lines,
+            "lines_first_to_last_seconds": (
+                counter.last_at - counter.first_at if counter.first_at and counter.last_at else None
+            ),
+            "proxy_counts": {
+                key: proxy_counts[key]
+                for key in ("total", "verbs", "patterns", "statuses", "long_running")
+            },
+            "apiserver_peak_watches_added": peak["watches"],
+            "apiserver_peak_long_running_added": peak["long_running"],
+            "apiserver_requests_during": {
+                key: value - request_counts(metrics_before).get(key, 0.0)
+                for key, value in request_counts(metrics_after).items()
+                if value - request_counts(metrics_before).get(key, 0.0) > 0
+            },
+        }
+        if out_path.exists() and not timed_out:
+            result["driver"] = compact(json.loads(out_path.read_text()))
+        else:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            result["failure"] = "timed out" if timed_out else f"exit {process.returncode}"
+            result["worker_log_tail"] = tail
+            print(f"    FAILED ({result['failure']}):", *tail[-5:], sep="\n      ", flush=True)
+        cleanup_started = time.monotonic()
+        self.api.remove_namespace(namespace)
+        result["cleanup_seconds"] = time.monotonic() - cleanup_started
+        return result
+
+
+def compact(driver: dict[str, Any], max_samples: int = 300) -> dict[str, Any]:
+    """What the report needs of a driver's result, small enough to keep in the repo."""
+    outcomes = driver.pop("outcomes")
+    errors = [outcome["error"] for outcome in outcomes if "error" in outcome]
+    driver["exit_codes"] = dict(
+        collections.Counter(str(o["status_code"]) for o in outcomes if "status_code" in o)
+    )
+    driver["errors"] = dict(collections.Counter(error.split(":")[0] for error in errors))
+    driver["error_examples"] = sorted(set(errors))[:3]
+    driver["submitted_ms"] = [
+        round(o["submitted_seconds"] * 1e3, 2) for o in outcomes if "submitted_seconds" in o
+    ]
+    step = max(1, len(driver["samples"]) // max_samples)
+    driver["samples"] = driver["samples"][::step]
+    return driver
+
+
+# --- the scenarios ----------------------------------------------------------------------------
+
+
+def configuration_path(args: argparse.Namespace, entrants: list[Contender], template: Path) -> dict:
+    print("==> Configuration path (template + validate + prepare)", flush=True)
+    results = {}
+    for contender in entrants:
+        out = template.parent / f"config-path-{contender.slug}.json"
+        ours = contender.package == "prefect-kubernetes-rs"
+        runs = args.config_runs_rust if ours else args.config_runs_python
+        subprocess.run(
+            [
+                str(contender.python),
+                str(BENCH / "config_path.py"),
+                "--worker-module",
+                contender.worker_module,
+                "--template",
+                str(template),
+                "--rounds",
+                str(args.config_rounds),
+                "--warmup",
+                str(args.config_warmup),
+                "--runs",
+                str(runs),
+                "--json-out",
+                str(out),
+            ],
+            check=True,
+            env=os.environ
+            | {
+                "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false",
+                "PREFECT_HOME": str(template.parent),
+            },
+        )
+        results[contender.name] = json.loads(out.read_text())
+        print(f"  {contender.name}: {results[contender.name]['median_ms']:.3f} ms", flush=True)
+    ours = results[entrants[0].name]
+    for result in results.values():
+        result["same_job_as_ours"] = result["job_manifest"] == ours["job_manifest"]
+    return results
+
+
+def following_behaviour(args: argparse.Namespace) -> dict[str, str]:
+    lines = int(args.run_seconds * args.log_lines_per_second)
+    return {
+        "run-seconds": str(args.run_seconds),
+        "log-lines": str(lines),
+        "log-interval-ms": str(1000 / args.log_lines_per_second),
+    }
+
+
+def following(args: argparse.Namespace, bench: Bench, entrants: list[Contender]) -> list[dict]:
+    print("==> Following runs", flush=True)
+    behaviour = following_behaviour(args)
+    lines_per_run = int(behaviour["log-lines"])
+    measurements = []
+    for runs in args.runs:
+        largest = runs == max(args.runs)
+        repetitions = args.largest_repetitions if largest else args.repetitions
+        for repetition in range(repetitions):
+            # Rotate the order so drift over a repetition hits every worker alike.
+            order = entrants[repetition % len(entrants) :] + entrants[: repetition % len(entrants)]
+            for contender in order:
+                # A worker that returns once the Job exists has little to show at the largest
+                # N, and the testbed's Job controller needs minutes to wind its Jobs down.
+                if largest and repetition > 0 and not contender.follows_runs:
+                    continue
+                result = bench.measure(
+                    contender,
+                    "follow",
+                    runs,
+                    behaviour,
+                    expected_lines=runs * lines_per_run if contender.follows_runs else 0,
+                )
+                result["repetition"] = repetition
+                measurements.append(result)
+    return measurements
+
+
+def submission(args: argparse.Namespace, bench: Bench, entrants: list[Contender]) -> list[dict]:
+    print("==> Submission latency", flush=True)
+    # The pods do nothing; only the time to the Job's creation counts.
+    behaviour = {"run-seconds": "1"}
+    measurements = []
+    for repetition in range(args.repetitions):
+        for contender in entrants:
+            one = bench.measure(contender, "submit", 1, behaviour, rounds=args.submit_one_by_one)
+            burst = bench.measure(contender, "submit", args.submit_at_once, behaviour)
+            for result, at_once in ((one, 1), (burst, args.submit_at_once)):
+                result.update(repetition=repetition, at_once=at_once)
+                measurements.append(result)
+    return measurements
+
+
+def log_throughput(args: argparse.Namespace, bench: Bench, entrants: list[Contender]) -> list:
+    print("==> Log throughput of one run", flush=True)
+    # All lines are in the log when the container starts: the worker's stream is the limit.
+    behaviour = {"log-lines": str(args.log_lines), "run-seconds": "0"}
+    measurements = []
+    for repetition in range(args.repetitions):
+        for contender in entrants:
+            if not contender.follows_runs:
+                continue
+            result = bench.measure(contender, "logs", 1, behaviour, expected_lines=args.log_lines)
+            result["repetition"] = repetition
+            measurements.append(result)
+    return measurements
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+def machine(entrants: list[Contender]) -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    memory = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    os_release = Path("/etc/os-release")
+    pretty = re.search(r'^PRETTY_NAME="?([^"\n]+)', os_release.read_text(), re.MULTILINE)
+    return {
+        "cpu": model.group(1) if model else platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(memory.group(1)) / 2**20, 1) if memory else None,
+        "os": pretty.group(1) if pretty else platform.system(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        # Others may share the machine: the load before the run says how quiet it was.
+        "load_average_at_start": [round(load, 2) for load in os.getloadavg()],
+        "prefect": installed_version(entrants[0].python, "prefect"),
+        "kubernetes": "kube-apiserver v1.20.2 (testbed), fake kubelet",
+        "source": source_tree(),
+        "workers": {
+            contender.name: installed_version(contender.python, contender.package)
+            for contender in entrants
+        },
+    }
+
+
+def source_tree() -> dict[str, Any]:
+    """The commit measured, and any uncommitted change to the worker's code in the tree."""
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return run.stdout if run.returncode == 0 else ""
+
+    # Porcelain lines are "XY path": two status columns, a space, the path.
+    changed = git("status", "--porcelain", "--", "src", "python", "Cargo.toml", "Cargo.lock")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD").strip() or None,
+        "uncommitted_worker_changes": [line[3:] for line in changed.splitlines()],
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    size = parser.add_argument_group("sizes")
+    size.add_argument(
+        "--runs",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[10, 100, 1000],
+        help="runs in flight at once, comma-separated",
+    )
+    size.add_argument("--repetitions", type=int, default=3)
+    size.add_argument(
+        "--largest-repetitions",
+        type=int,
+        default=2,
+        help="repetitions at the largest N (the testbed's Job controller needs ~5 min for 1000)",
+    )
+    size.add_argument("--run-seconds", type=float, default=20, help="how long each pod runs")
+    size.add_argument("--log-lines-per-second", type=float, default=2, help="per pod")
+    size.add_argument("--submit-one-by-one", type=int, default=20, help="N=1 submissions")
+    size.add_argument("--submit-at-once", type=int, default=100)
+    size.add_argument("--log-lines", type=int, default=1_000_000, help="log throughput run")
+    size.add_argument("--config-rounds", type=int, default=7)
+    size.add_argument("--config-warmup", type=int, default=2)
+    size.add_argument("--config-runs-rust", type=int, default=2000, help="runs per round")
+    size.add_argument("--config-runs-python", type=int, default=100, help="runs per round")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few minutes: N=10,100, one repetition, shorter runs"
+    )
+    parser.add_argument(
+        "--python-worker-venvs",
+        type=lambda text: [Path(part) for part in text.split(",")],
+        default=[BENCH / ".venvs" / "pk-0.5.10", BENCH / ".venvs" / "pk-0.8.0"],
+        help="venvs with prefect-kubernetes installed, comma-separated",
+    )
+    parser.add_argument("--timeout-base", type=float, default=180, help="seconds per measurement")
+    parser.add_argument("--timeout-per-run", type=float, default=0.3, help="seconds per run")
+    parser.add_argument("--metrics-seconds", type=float, default=3, help="API metrics sampling")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--keep-work-dir", action="store_true", help="keep driver logs, etc.")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs = [10, 100]
+        args.repetitions = 1
+        args.largest_repetitions = 1
+        args.run_seconds = 10
+        args.submit_one_by_one = 5
+        args.log_lines = 200_000
+        args.config_rounds = 3
+        args.config_warmup = 1
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.monotonic()
+    entrants = contenders(args.python_worker_venvs)
+    work_dir = Path(tempfile.mkdtemp(prefix="pkr-bench-"))
+    print(f"==> Work dir {work_dir}", flush=True)
+    template_path = work_dir / "template.json"
+    latest = next(c for c in entrants if not c.follows_runs) if len(entrants) > 1 else entrants[0]
+    # One work pool template for all: a `kubernetes` pool's default of the latest release.
+    dump_template = (
+        f"import json; from {latest.worker_module} import KubernetesWorker; "
+        "print(json.dumps(KubernetesWorker.get_default_base_job_template()))"
+    )
+    template_path.write_text(
+        subprocess.run(
+            [str(latest.python), "-c", dump_template], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    results: dict[str, Any] = {
+        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(entrants),
+        "settings": {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(args).items()
+            if key not in ("results", "python_worker_venvs")
+        },
+        "contenders": [
+            {"name": c.name, "follows_runs": c.follows_runs, "package": c.package} for c in entrants
+        ],
+        "template_from": latest.name,
+        "job_variables": JOB_VARIABLES,
+        "following_pod": following_behaviour(args),
+    }
+    results["configuration_path"] = configuration_path(args, entrants, template_path)
+
+    print("==> Starting the testbed", flush=True)
+    bed = Testbed(work_dir / "testbed").start()
+    try:
+        bench = Bench(args, bed, work_dir)
+        # The controller-manager's informers settle during the first minute of a fresh control
+        # plane, which moves the API server's watch gauges: one throwaway measurement first.
+        print("==> Testbed warm-up (not counted)", flush=True)
+        bench.measure(entrants[0], "follow", 10, {"run-seconds": "2"})
+        results["log_throughput"] = log_throughput(args, bench, entrants)
+        results["submission"] = submission(args, bench, entrants)
+        results["following"] = following(args, bench, entrants)
+    finally:
+        bed.stop()
+    results["bench_seconds"] = time.monotonic() - started
+    results["machine"]["load_average_at_end"] = [round(load, 2) for load in os.getloadavg()]
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    summary = report.summarise(results)
+    results["summary"] = summary
+    (args.results / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
+    images = plots.draw(results, summary, args.results)
+    (args.results / "README.md").write_text(report.markdown(results, summary, images))
+    print((args.results / "README.md").read_text())
+    if args.keep_work_dir:
+        print(f"==> Driver logs and results kept in {work_dir}")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    print(f"==> Done in {results['bench_seconds'] / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
