@@ -49,12 +49,21 @@ testbed: ## Build the Kubernetes testbed: control plane (cached, ~5 min once), f
 demo: install testbed ## The main job: local Kubernetes + Prefect server + worker + three example flow runs
 	$(BIN)/python demo/run_demo.py
 
+# `make test` runs the soak at a size that fits CI (200 runs in flight for 3 minutes);
+# `make soak` runs it as the issue states it (1000 in flight for 10 minutes, ~13 minutes).
+SOAK_CI := PKR_SOAK_IN_FLIGHT=200 PKR_SOAK_SECONDS=180 PKR_SOAK_RAMP_SECONDS=20 \
+	PKR_SOAK_MIN_RUN_SECONDS=10 PKR_SOAK_MAX_RUN_SECONDS=30
+
 .PHONY: test
-test: install testbed ## Everything: Rust and Python tests, parity, the testbed and the Job lifecycle on it
+test: install testbed ## Everything: Rust and Python tests, parity, testbed, lifecycle, faults, end to end, soak
 	@echo "==> cargo test (workspace)"
 	cargo test --locked --workspace --quiet
 	@echo "==> pytest"
-	$(BIN)/python -m pytest -q
+	$(SOAK_CI) $(BIN)/python -m pytest -q
+
+.PHONY: soak
+soak: install testbed ## The full soak: 1000 runs in flight for 10 minutes with random API faults
+	$(BIN)/python -m pytest -q -s tests/test_soak.py
 
 .PHONY: test-rust
 test-rust: ## Rust unit tests only (whole workspace)
@@ -62,7 +71,7 @@ test-rust: ## Rust unit tests only (whole workspace)
 
 .PHONY: test-python
 test-python: install testbed ## Python tests only
-	$(BIN)/python -m pytest -q
+	$(SOAK_CI) $(BIN)/python -m pytest -q
 
 .PHONY: test-fast
 test-fast: install ## Python tests that need no cluster (templating, parity, install)

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod error;
 pub mod jobs;
 pub mod logs;
+pub mod memory;
 pub mod run;
 pub mod watch;
 

@@ -534,6 +534,8 @@ pub async fn follow_run(
         .follow(&mut state, &mut subscription, &options)
         .await;
     follower.finish_logs().await;
+    drop(state);
+    crate::k8s::memory::release_freed_memory();
     let _ = follower.events.send(RunEvent::Finished(outcome)).await;
 }
 
