@@ -238,11 +238,7 @@ class PrefectServer:
                 await asyncio.sleep(1)
         return finished
 
-    async def flow_run_logs(self, flow_run_id: Any) -> list[str]:
-        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-        async with self.client() as client:
-            logs = await client.read_logs(
-                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
-            )
-        return [log.message for log in logs]
+    async def wait_until_running(self, flow_run_id: Any, timeout: float = 120) -> None:
+        await self.wait_for_state(
+            [flow_run_id], done=lambda run: run.state.is_running(), timeout=timeout
+        )

@@ -219,7 +219,7 @@ async def test_cancelling_a_running_flow_run_stops_its_pod_and_ttl_removes_the_j
         namespace=namespace,
         finished_job_ttl=5,
     )
-    await stack.wait_for_state([flow_run.id], done=lambda run: run.state.is_running(), timeout=120)
+    await stack.wait_until_running(flow_run.id)
     worker.wait_for_output(f"sleeping for 300.0 s in run {flow_run.id}")
     async with stack.client() as client:
         await client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the test"))
@@ -268,7 +268,7 @@ async def test_evicted_pod_with_backoff_limit_zero_reschedules_the_run_instead_o
         backoff_limit=0,
         annotations={SCRIPT + "evict-after-seconds": "25"},
     )
-    await stack.wait_for_state([flow_run.id], done=lambda run: run.state.is_running(), timeout=120)
+    await stack.wait_until_running(flow_run.id)
 
     async def history() -> list[Any]:
         async with stack.client() as client:
@@ -445,7 +445,7 @@ async def test_worker_killed_mid_run_and_restarted_leaves_the_run_to_finish_in_i
     flow_run = await deploy_and_run(
         stack, "sleep_for", pool=pool, parameters={"seconds": 15}, namespace=namespace
     )
-    await stack.wait_for_state([flow_run.id], done=lambda run: run.state.is_running(), timeout=120)
+    await stack.wait_until_running(flow_run.id)
     os.killpg(first.process.pid, signal.SIGKILL)
     first.process.wait()
 
