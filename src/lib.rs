@@ -3,6 +3,7 @@
 //! This file only registers the module. Each binding converts its arguments, calls one domain
 //! function and converts the result; the logic lives in [`manifest`].
 
+mod interpreter_exit;
 pub mod k8s;
 pub mod manifest;
 mod py_k8s;
@@ -160,6 +161,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     // Rust's log records (kube-rs, the watchers) go to Python's `logging`, under the Rust
     // module path (e.g. `prefect_kubernetes_rs._core.k8s.watch`... see pyo3-log).
     let _ = pyo3_log::try_init();
+    interpreter_exit::install_runtime();
+    interpreter_exit::register(module)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     module.add_class::<py_k8s::KubernetesClients>()?;
     module.add_class::<py_k8s::ClusterHandle>()?;

@@ -1,0 +1,84 @@
+//! Keeps the tokio threads out of Python once the interpreter starts to exit.
+//!
+//! The runtime's threads call into Python on their own: log records go to Python's `logging`
+//! (pyo3-log) and finished futures are handed to asyncio (pyo3-async-runtimes). A thread that
+//! attaches while the interpreter finalizes kills the process (`Fatal Python error:
+//! PyGILState_Release ... finalizing`, SIGABRT) after the user's program has already ended
+//! well. Python runs `atexit` callbacks before it starts finalizing, so the callback registered
+//! here closes the door: no new log records reach Python, every worker thread that goes idle or
+//! wakes up from then on stops for good, and the callback waits (without the GIL, so a thread
+//! inside Python can finish) until no worker thread is busy.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+/// How long the exit callback waits for busy worker threads; they finish within milliseconds
+/// once logging is off, this only bounds a pathological case.
+const BUSY_THREADS_PATIENCE: Duration = Duration::from_secs(2);
+
+static EXITING: AtomicBool = AtomicBool::new(false);
+/// Worker threads between an unpark and the next park.
+static BUSY_WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Whether this worker thread counted itself in [`BUSY_WORKERS`].
+    static COUNTED_BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The runtime every binding uses, with the hooks that let the exit callback stop it.
+pub fn install_runtime() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .enable_all()
+        .on_thread_unpark(|| {
+            if EXITING.load(Ordering::SeqCst) {
+                stop_this_thread();
+            }
+            COUNTED_BUSY.with(|counted| counted.set(true));
+            BUSY_WORKERS.fetch_add(1, Ordering::SeqCst);
+        })
+        .on_thread_park(|| {
+            if COUNTED_BUSY.with(|counted| counted.replace(false)) {
+                BUSY_WORKERS.fetch_sub(1, Ordering::SeqCst);
+            }
+            if EXITING.load(Ordering::SeqCst) {
+                stop_this_thread();
+            }
+        });
+    pyo3_async_runtimes::tokio::init(builder);
+}
+
+/// Parks this thread for the rest of the process; it holds no Python state and the process is
+/// about to end.
+fn stop_this_thread() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Registered with `atexit` when the module loads; runs before the interpreter finalizes.
+#[pyfunction]
+pub fn stop_runtime_before_exit(py: Python<'_>) {
+    // Log macros check the global level before calling the logger: nothing new reaches pyo3-log.
+    log::set_max_level(log::LevelFilter::Off);
+    EXITING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let started = Instant::now();
+        while BUSY_WORKERS.load(Ordering::SeqCst) > 0 && started.elapsed() < BUSY_THREADS_PATIENCE {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+/// Registers [`stop_runtime_before_exit`] with Python's `atexit`.
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let callback = wrap_pyfunction!(stop_runtime_before_exit, module)?;
+    module
+        .py()
+        .import("atexit")?
+        .call_method1("register", (callback,))?;
+    Ok(())
+}
