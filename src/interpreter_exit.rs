@@ -15,16 +15,17 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-/// How long the exit callback waits for busy worker threads; they finish within milliseconds
+/// How long the exit callback waits for busy threads; they finish within milliseconds
 /// once logging is off, this only bounds a pathological case.
 const BUSY_THREADS_PATIENCE: Duration = Duration::from_secs(2);
 
 static EXITING: AtomicBool = AtomicBool::new(false);
-/// Worker threads between an unpark and the next park.
-static BUSY_WORKERS: AtomicUsize = AtomicUsize::new(0);
+/// Threads that may call into Python right now: tokio workers between an unpark and the next
+/// park, and holders of a [`PythonCall`].
+static BUSY: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// Whether this worker thread counted itself in [`BUSY_WORKERS`].
+    /// Whether this worker thread counted itself in [`BUSY`].
     static COUNTED_BUSY: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -33,16 +34,17 @@ pub fn install_runtime() {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder
         .enable_all()
-        .on_thread_unpark(|| {
-            if EXITING.load(Ordering::SeqCst) {
-                stop_this_thread();
+        .on_thread_unpark(|| match python_call() {
+            // Counted busy until the next park: the thread may call into Python meanwhile.
+            Some(busy) => {
+                std::mem::forget(busy);
+                COUNTED_BUSY.with(|counted| counted.set(true));
             }
-            COUNTED_BUSY.with(|counted| counted.set(true));
-            BUSY_WORKERS.fetch_add(1, Ordering::SeqCst);
+            None => stop_this_thread(),
         })
         .on_thread_park(|| {
             if COUNTED_BUSY.with(|counted| counted.replace(false)) {
-                BUSY_WORKERS.fetch_sub(1, Ordering::SeqCst);
+                BUSY.fetch_sub(1, Ordering::SeqCst);
             }
             if EXITING.load(Ordering::SeqCst) {
                 stop_this_thread();
@@ -51,9 +53,30 @@ pub fn install_runtime() {
     pyo3_async_runtimes::tokio::init(builder);
 }
 
+/// Permission for a thread outside the runtime to call into Python; `None` once the interpreter
+/// is exiting. The exit callback waits until every permission is dropped.
+pub struct PythonCall(());
+
+/// Asks for a [`PythonCall`]. Counting comes before the check, so either this thread sees the
+/// exit or the exit callback sees this thread.
+pub fn python_call() -> Option<PythonCall> {
+    BUSY.fetch_add(1, Ordering::SeqCst);
+    if EXITING.load(Ordering::SeqCst) {
+        BUSY.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    Some(PythonCall(()))
+}
+
+impl Drop for PythonCall {
+    fn drop(&mut self) {
+        BUSY.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Parks this thread for the rest of the process; it holds no Python state and the process is
 /// about to end.
-fn stop_this_thread() -> ! {
+pub fn stop_this_thread() -> ! {
     loop {
         std::thread::park();
     }
@@ -67,7 +90,7 @@ pub fn stop_runtime_before_exit(py: Python<'_>) {
     EXITING.store(true, Ordering::SeqCst);
     py.detach(|| {
         let started = Instant::now();
-        while BUSY_WORKERS.load(Ordering::SeqCst) > 0 && started.elapsed() < BUSY_THREADS_PATIENCE {
+        while BUSY.load(Ordering::SeqCst) > 0 && started.elapsed() < BUSY_THREADS_PATIENCE {
             std::thread::sleep(Duration::from_millis(1));
         }
     });

@@ -7,6 +7,7 @@ mod interpreter_exit;
 pub mod k8s;
 pub mod manifest;
 mod py_k8s;
+mod py_output;
 mod python_errors;
 
 use manifest::{ManifestError, RunSettings};

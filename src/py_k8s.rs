@@ -8,6 +8,7 @@ use crate::k8s::jobs::{self, CreatedJob, RetryPolicy};
 use crate::k8s::run::{follow_run, FollowOptions, Level, RunEvent};
 use crate::k8s::watch::RunSubscription;
 use crate::k8s::{Cluster, ClusterRegistry, ClusterSource};
+use crate::py_output::route_run_events;
 use crate::python_errors::k8s_error;
 use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
@@ -277,7 +278,8 @@ pub struct RunWatch {
 #[pymethods]
 impl RunWatch {
     /// Follows the Job `job_name` to its end; an async iterator of event batches (lists of
-    /// dicts) whose last event has `kind == "finished"`.
+    /// dicts) whose last event has `kind == "finished"`. Log lines go to the shared printer
+    /// (`py_output`), which has written them all when `finished` arrives.
     #[pyo3(signature = (job_name, pod_watch_timeout_seconds=60.0, job_watch_timeout_seconds=None, stream_output=true))]
     fn follow(
         &self,
@@ -299,15 +301,15 @@ impl RunWatch {
             job_watch_timeout: job_watch_timeout_seconds.map(seconds),
             stream_output,
         };
-        let (tx, rx) = mpsc::channel(256);
+        let (run_events, from_run) = mpsc::channel(256);
+        let (to_python, rx) = mpsc::channel(256);
         let cluster = self.cluster.clone();
-        let task = pyo3_async_runtimes::tokio::get_runtime().spawn(follow_run(
-            cluster,
-            subscription,
-            job_name,
-            options,
-            tx,
-        ));
+        let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+            tokio::join!(
+                follow_run(cluster, subscription, job_name, options, run_events),
+                route_run_events(from_run, to_python),
+            );
+        });
         Ok(RunEvents {
             receiver: Arc::new(tokio::sync::Mutex::new(rx)),
             task,
@@ -340,10 +342,8 @@ impl<'py> IntoPyObject<'py> for EventBatch {
         for event in self.0 {
             let dict = PyDict::new(py);
             match event {
-                RunEvent::Log(lines) => {
-                    dict.set_item("kind", "log")?;
-                    dict.set_item("lines", lines)?;
-                }
+                // Printed by the shared printer before events reach this channel (py_output).
+                RunEvent::Log(_) => continue,
                 RunEvent::Message(level, text) => {
                     dict.set_item("kind", "message")?;
                     dict.set_item(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 
 from prefect.plugins import load_prefect_collections
 from prefect.workers.base import BaseWorker
 
-from prefect_kubernetes_rs.settings import KubernetesRsSettings
+from prefect_kubernetes_rs.settings import KubernetesRsSettings, current_settings
 from prefect_kubernetes_rs.worker import KubernetesWorker
 
 
@@ -48,7 +49,7 @@ def test_settings_read_the_prefect_kubernetes_names_and_aliases(monkeypatch):
 
 
 def test_settings_defaults_match_the_python_worker(monkeypatch):
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith(("PREFECT_INTEGRATIONS_KUBERNETES", "PREFECT_KUBERNETES")):
             monkeypatch.delenv(name)
     settings = KubernetesRsSettings()
@@ -57,3 +58,26 @@ def test_settings_defaults_match_the_python_worker(monkeypatch):
     assert retry.jitter_max_seconds == 3
     assert settings.worker.create_secret_for_api_key is False
     assert settings.cluster_uid is None
+
+
+def test_settings_are_read_again_when_their_environment_changes(monkeypatch):
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KUBERNETES_CLUSTER_UID", "uid-one")
+    first = current_settings()
+    assert first.cluster_uid == "uid-one"
+    assert current_settings() is first, "unchanged environment: the same settings, not re-read"
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KUBERNETES_CLUSTER_UID", "uid-two")
+    assert current_settings().cluster_uid == "uid-two"
+    monkeypatch.setenv("prefect_kubernetes_worker_store_prefect_api_in_secret", "true")
+    assert current_settings().worker.create_secret_for_api_key is True
+
+
+def test_settings_follow_the_working_directory(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.startswith(("PREFECT_INTEGRATIONS_KUBERNETES", "PREFECT_KUBERNETES")):
+            monkeypatch.delenv(name)
+    assert current_settings().worker.create_job_retry.max_retries == 3
+    (tmp_path / "prefect.toml").write_text(
+        "[integrations.kubernetes.worker.create_job_retry]\nmax_retries = 7\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert current_settings().worker.create_job_retry.max_retries == 7

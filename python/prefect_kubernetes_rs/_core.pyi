@@ -162,16 +162,18 @@ class RunWatch:
         job_watch_timeout_seconds: float | None = None,
         stream_output: bool = True,
     ) -> RunEvents:
-        """Follow the Job to its end."""
+        """Follow the Job to its end. With `stream_output`, the container's log lines are
+        printed on `sys.stdout` (one printer thread for all runs, batched), all of them before
+        the `finished` event arrives."""
 
     def close(self) -> None:
         """Drop the subscription without following."""
 
 @final
 class RunEvents:
-    """Async iterator of event batches: lists of dicts with `kind` `log` (`lines`), `message`
-    (`level`, `text`), `pod` (`name`, `uid`, `phase`, `evicted`, `reason`) or `finished`
-    (`exit_code`, `message`, `evicted`), the last."""
+    """Async iterator of event batches: lists of dicts with `kind` `message` (`level`,
+    `text`), `pod` (`name`, `uid`, `phase`, `evicted`, `reason`) or `finished` (`exit_code`,
+    `message`, `evicted`), the last."""
 
     def __aiter__(self) -> RunEvents: ...
     def __anext__(self) -> Awaitable[list[dict[str, Any]]]: ...

@@ -26,7 +26,6 @@ import datetime
 import functools
 import hashlib
 import json
-import sys
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.abc
@@ -59,7 +58,7 @@ from prefect_kubernetes_rs.exceptions import (
     KubernetesRsError,
     ManifestError,
 )
-from prefect_kubernetes_rs.settings import KubernetesRsSettings
+from prefect_kubernetes_rs.settings import KubernetesRsSettings, current_settings
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -443,8 +442,7 @@ class KubernetesWorker(
     ) -> KubernetesWorkerResult:
         """Create the flow run's Job, report its pid, follow it to the end, return its exit code."""
         logger = self.get_flow_run_logger(flow_run)
-        # Read once per run: settings come from the environment and files, which may change.
-        settings = KubernetesRsSettings()
+        settings = current_settings()
         cluster = await self._cluster(configuration)
         namespace = configuration.namespace
         # Subscribe before creating the Job, so none of its events is missed.
@@ -640,16 +638,14 @@ class KubernetesWorker(
     async def _report(
         self, events: Any, configuration: KubernetesWorkerJobConfiguration, logger: Any
     ) -> dict[str, Any]:
-        """Print the log, log messages, emit pod events; return the `finished` event."""
+        """Log messages, emit pod events; return the `finished` event. (The flow's log lines
+        are printed on stdout by the Rust core, all of them before `finished` arrives.)"""
         last_event = None
         related = self._event_related_resources(configuration=configuration, include_self=True)
         async for batch in events:
             for event in batch:
                 kind = event["kind"]
-                if kind == "log":
-                    sys.stdout.write("".join(line + "\n" for line in event["lines"]))
-                    sys.stdout.flush()
-                elif kind == "message":
+                if kind == "message":
                     getattr(logger, event["level"])(event["text"])
                 elif kind == "pod":
                     last_event = _emit_pod_event(
@@ -697,7 +693,7 @@ class KubernetesWorker(
             )
         cluster = await self._cluster(configuration)
         if cluster_uid:
-            current_uid = KubernetesRsSettings().cluster_uid or (await cluster.cluster_uid())[0]
+            current_uid = current_settings().cluster_uid or (await cluster.cluster_uid())[0]
             if current_uid is not None and current_uid != cluster_uid:
                 raise InfrastructureNotAvailable(
                     f"Unable to kill job {job_name!r}: it runs on another cluster than this "
