@@ -209,6 +209,9 @@ def request_counts(metrics: dict[str, float]) -> dict[str, float]:
     }
 
 
+LINE_MARKER = b"line "
+
+
 class LineCounter(threading.Thread):
     """Reads the worker's stdout: counts the pods' log lines and when they arrived.
 
@@ -223,8 +226,13 @@ class LineCounter(threading.Thread):
         self.last_at: float | None = None
 
     def run(self) -> None:
+        # Reads end anywhere, also inside "line ": the last bytes of one read go in front of the
+        # next. They are shorter than the marker, so no line is counted twice.
+        carried = b""
         while chunk := self.stream.read1(1 << 16):
-            found = chunk.count(b"line ")
+            data = carried + chunk
+            carried = data[-(len(LINE_MARKER) - 1) :]
+            found = data.count(LINE_MARKER)
             if found:
                 now = time.monotonic()
                 self.first_at = self.first_at or now
