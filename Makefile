@@ -109,7 +109,7 @@ $(STAMP)-bench: $(STAMP)-venv
 	touch $@
 
 .PHONY: bench
-bench: install testbed $(STAMP)-bench $(BENCH_PYTHON_WORKERS:%=$(BENCH_VENVS)/pk-%/.stamp) ## This worker vs prefect-kubernetes 0.5.x and latest on the testbed (~32 min); writes bench/results/
+bench: install testbed $(STAMP)-bench $(BENCH_PYTHON_WORKERS:%=$(BENCH_VENVS)/pk-%/.stamp) ## This worker vs prefect-kubernetes 0.5.x and latest on the testbed (~15 min); writes bench/results/
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 .PHONY: wheel

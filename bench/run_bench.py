@@ -58,8 +58,8 @@ import report  # noqa: E402
 from testbed_support import Testbed  # noqa: E402
 
 # The same job variables for every worker. The pod start wait is raised from its 60 s default:
-# with 1000 Jobs at once the testbed's Job controller (20 API requests/s, as a stock
-# controller-manager) needs minutes to create all the pods, for every worker alike.
+# with 1000 Jobs at once the testbed's Job controller (100 API requests/s) needs a minute or
+# more to create all the pods, for every worker alike.
 JOB_VARIABLES = {
     "image": "testbed/none:1",
     "pod_watch_timeout_seconds": 900,
@@ -567,7 +567,7 @@ def parse_args() -> argparse.Namespace:
         "--largest-repetitions",
         type=int,
         default=2,
-        help="repetitions at the largest N (the testbed's Job controller needs ~5 min for 1000)",
+        help="repetitions at the largest N (1000 runs take about 2 minutes per worker)",
     )
     size.add_argument("--run-seconds", type=float, default=20, help="how long each pod runs")
     size.add_argument("--log-lines-per-second", type=float, default=2, help="per pod")
