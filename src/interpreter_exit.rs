@@ -1,13 +1,14 @@
-//! Keeps the tokio threads out of Python once the interpreter starts to exit.
+//! Keeps the Rust threads out of Python once the interpreter starts to exit.
 //!
-//! The runtime's threads call into Python on their own: log records go to Python's `logging`
-//! (pyo3-log) and finished futures are handed to asyncio (pyo3-async-runtimes). A thread that
-//! attaches while the interpreter finalizes kills the process (`Fatal Python error:
-//! PyGILState_Release ... finalizing`, SIGABRT) after the user's program has already ended
-//! well. Python runs `atexit` callbacks before it starts finalizing, so the callback registered
-//! here closes the door: no new log records reach Python, every worker thread that goes idle or
-//! wakes up from then on stops for good, and the callback waits (without the GIL, so a thread
-//! inside Python can finish) until no worker thread is busy.
+//! Rust threads call into Python on their own: log records go to Python's `logging`
+//! (pyo3-log), finished futures are handed to asyncio (pyo3-async-runtimes) and the printer
+//! writes the runs' log lines to `sys.stdout` (`py_output`). A thread that attaches while the
+//! interpreter finalizes kills the process (`Fatal Python error: PyGILState_Release ...
+//! finalizing`, SIGABRT) after the user's program has already ended well. Python runs `atexit`
+//! callbacks before it starts finalizing, so the callback registered here closes the door: no
+//! new log records reach Python, every tokio worker that goes idle or wakes up from then on
+//! stops for good, the printer asks for a [`PythonCall`] and is refused, and the callback
+//! waits (without the GIL, so a thread inside Python can finish) until no thread is busy.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

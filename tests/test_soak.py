@@ -36,20 +36,12 @@ pytestmark = [
 def test_a_thousand_runs_in_flight_for_ten_minutes_with_random_faults(testbed):
     namespace = "soak"
     testbed.kubectl("create", "namespace", namespace, check=False)
-    result = subprocess.run(
-        [
-            sys.executable, str(Path(__file__).with_name("soak_driver.py")),
-            "--kubeconfig", str(testbed.proxy_kubeconfig),
-            "--proxy-control", testbed.proxy_control,
-            "--namespace", namespace,
-            "--in-flight", str(IN_FLIGHT),
-            "--seconds", str(SECONDS),
-            "--ramp-seconds", str(RAMP_SECONDS),
-            "--min-run-seconds", str(MIN_RUN_SECONDS),
-            "--max-run-seconds", str(MAX_RUN_SECONDS),
-        ],
-        capture_output=True, text=True, timeout=SECONDS + MAX_RUN_SECONDS + 600,
-    )  # fmt: skip
+    try:
+        result = run_soak(testbed, namespace)
+    finally:
+        # Hundreds of Jobs still wait for their TTL: remove them now, so the tests after this
+        # one do not share the testbed with their garbage collection.
+        testbed.kubectl("delete", "namespace", namespace, "--timeout=110s", check=False)
     assert result.returncode == 0, result.stderr[-5000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     print(
@@ -71,3 +63,20 @@ def test_a_thousand_runs_in_flight_for_ten_minutes_with_random_faults(testbed):
     growth = (rss_end - rss_then) / completed
     print(f"soak: RSS {rss_then} -> {rss_end} KiB over {completed} runs: {growth:.2f} KiB/run")
     assert growth <= MAX_KIB_PER_COMPLETED_RUN, summary["rss_samples"]
+
+
+def run_soak(testbed, namespace: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable, str(Path(__file__).with_name("soak_driver.py")),
+            "--kubeconfig", str(testbed.proxy_kubeconfig),
+            "--proxy-control", testbed.proxy_control,
+            "--namespace", namespace,
+            "--in-flight", str(IN_FLIGHT),
+            "--seconds", str(SECONDS),
+            "--ramp-seconds", str(RAMP_SECONDS),
+            "--min-run-seconds", str(MIN_RUN_SECONDS),
+            "--max-run-seconds", str(MAX_RUN_SECONDS),
+        ],
+        capture_output=True, text=True, timeout=SECONDS + MAX_RUN_SECONDS + 600,
+    )  # fmt: skip
