@@ -86,6 +86,11 @@ def following_metrics(measurement: dict[str, Any]) -> dict[str, Any]:
         "errors": driver["errors"],
         "lines_seen": measurement["lines_seen"],
         "lines_expected": measurement["lines_expected"],
+        # Results from before the driver reported threads have none.
+        "cpu_ms_per_run_by_thread": {
+            thread: seconds * 1e3 / runs
+            for thread, seconds in driver.get("cpu_seconds_by_thread", {}).items()
+        },
     }
 
 
@@ -581,6 +586,27 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], images: list[str]
                 )
                 out.append(f"- {name}: {paths}")
         out.append("")
+        by_thread = [
+            (name, row["example"]["cpu_ms_per_run_by_thread"])
+            for name in names
+            if (row := summary["following"][name].get(runs))
+            and row["example"]
+            and row["example"].get("cpu_ms_per_run_by_thread")
+        ]
+        if by_thread:
+            out.append(
+                "CPU ms per run by thread (first good repetition; `python` is the thread of "
+                "the asyncio loop, names cut to 15 characters by Linux):"
+            )
+            out.append("")
+            for name, threads in by_thread:
+                shown = ", ".join(
+                    f"{thread} {ms:.2f}"
+                    for thread, ms in sorted(threads.items(), key=lambda item: -item[1])
+                    if ms >= 0.005
+                )
+                out.append(f"- {name}: {shown}")
+            out.append("")
     out += show(images, "following.png", "timeline.png")
 
     out += [

@@ -31,6 +31,7 @@ import asyncio
 import copy
 import importlib
 import json
+import os
 import resource
 import sys
 import threading
@@ -46,6 +47,27 @@ SCRIPTED = "testbed.prefect.io/"
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds_by_thread() -> dict[str, float]:
+    """CPU time (user + system) of each live thread of this process, summed per thread name.
+
+    Where a worker's CPU goes: the Python main thread (the event loop) vs the threads of a
+    native core. A thread that ended before the reading is not in it (the process total is).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended while we looked
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # Fields 14 and 15 of proc(5) (utime, stime); the slice starts at field 3.
+        seconds = (int(fields[11]) + int(fields[12])) / ticks
+        totals[name] = totals.get(name, 0.0) + seconds
+    return totals
 
 
 def memory_kib() -> dict[str, int]:
@@ -224,6 +246,7 @@ class Driver:
         self.expected_reports = args.runs * rounds
 
         memory_before = memory_kib()
+        threads_before = cpu_seconds_by_thread()
         cpu_before = cpu_seconds()
         started = time.monotonic()
         outcomes: list[dict] = []
@@ -233,6 +256,7 @@ class Driver:
                 outcomes.extend(await self.run_batch(prepared, stop_when_reported=submit_only))
             wall_seconds = time.monotonic() - started
             cpu = cpu_seconds() - cpu_before
+            threads_after = cpu_seconds_by_thread()
             self.sampler = None
         memory_after = memory_kib()
         peak_sampled = max([memory_after["VmRSS"], *(s[1] for s in sampler.samples)])
@@ -246,6 +270,11 @@ class Driver:
                 if self.cpu_when_all_submitted is None
                 else self.cpu_when_all_submitted - cpu_before
             ),
+            "cpu_seconds_by_thread": {
+                name: round(seconds - threads_before.get(name, 0.0), 3)
+                for name, seconds in sorted(threads_after.items())
+                if seconds - threads_before.get(name, 0.0) > 0
+            },
             "rss_before_kib": memory_before["VmRSS"],
             "rss_peak_kib": peak_sampled,
             "vm_hwm_kib": memory_after["VmHWM"],

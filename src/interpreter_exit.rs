@@ -20,6 +20,9 @@ use pyo3::prelude::*;
 /// once logging is off, this only bounds a pathological case.
 const BUSY_THREADS_PATIENCE: Duration = Duration::from_secs(2);
 
+/// Threads of the runtime that drives the Kubernetes I/O (see [`install_runtime`]).
+const RUNTIME_WORKER_THREADS: usize = 1;
+
 static EXITING: AtomicBool = AtomicBool::new(false);
 /// Threads that may call into Python right now: tokio workers between an unpark and the next
 /// park, and holders of a [`PythonCall`].
@@ -33,6 +36,13 @@ thread_local! {
 /// The runtime every binding uses, with the hooks that let the exit callback stop it.
 pub fn install_runtime() {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        // The core waits on the network almost all the time: one thread has ample headroom
+        // (1000 runs in flight keep it a few percent busy), and a single thread has no
+        // wake-ups between idle workers, which cost more CPU than the work itself did with
+        // one worker per core. tokio's own TOKIO_WORKER_THREADS still overrides this.
+        builder.worker_threads(RUNTIME_WORKER_THREADS);
+    }
     builder
         .enable_all()
         .on_thread_unpark(|| match python_call() {

@@ -8,7 +8,7 @@ use crate::k8s::jobs::{self, CreatedJob, RetryPolicy};
 use crate::k8s::run::{follow_run, FollowOptions, Level, RunEvent};
 use crate::k8s::watch::RunSubscription;
 use crate::k8s::{Cluster, ClusterRegistry, ClusterSource};
-use crate::py_output::route_run_events;
+use crate::py_output::log_sink;
 use crate::python_errors::k8s_error;
 use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
@@ -19,8 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Events handed to Python per `__anext__` at most; lines inside a log event are not counted.
+/// Events handed to Python per `__anext__` at most.
 const EVENTS_PER_BATCH: usize = 64;
+/// How long a batch waits for more events after its first. One watch event often makes
+/// several run events (a phase change and a message) a moment apart; each batch costs an
+/// asyncio wake-up, and a message shown a few milliseconds later costs nobody anything. The
+/// run's end is never held back.
+const EVENT_GATHER_WINDOW: Duration = Duration::from_millis(50);
 
 /// All clients of one worker; closing it stops every shared watcher.
 #[pyclass(frozen, module = "prefect_kubernetes_rs._core")]
@@ -46,20 +51,28 @@ impl KubernetesClients {
         kubeconfig: Option<&Bound<'py, PyAny>>,
         context: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let source = match kubeconfig {
-            Some(config) if !config.is_none() => ClusterSource::Kubeconfig {
-                config: pythonize::depythonize::<Value>(config).map_err(|error| {
-                    crate::python_errors::conversion_error(py, "cluster_config", error)
-                })?,
-                context,
-            },
-            _ => ClusterSource::Automatic,
-        };
+        let source = cluster_source(py, kubeconfig, context)?;
         let registry = self.registry.clone();
         future_into_py(py, async move {
             let cluster = registry.connect(source).await.map_err(k8s_error)?;
             Ok(ClusterHandle { cluster })
         })
+    }
+
+    /// The cluster of this kubeconfig and context if it is connected already, else None (then
+    /// `connect`). Spares every run after the first an await.
+    #[pyo3(signature = (kubeconfig=None, context=None))]
+    fn connected<'py>(
+        &self,
+        py: Python<'py>,
+        kubeconfig: Option<&Bound<'py, PyAny>>,
+        context: Option<String>,
+    ) -> PyResult<Option<ClusterHandle>> {
+        let source = cluster_source(py, kubeconfig, context)?;
+        Ok(self
+            .registry
+            .connected(&source)
+            .map(|cluster| ClusterHandle { cluster }))
     }
 
     /// Stops every watcher of every cluster and forgets the clients.
@@ -246,6 +259,14 @@ impl ClusterHandle {
         })
     }
 
+    /// `(uid, None)` or `(None, reason)` if `cluster_uid` was read already, else None.
+    fn known_cluster_uid(&self) -> Option<(Option<String>, Option<String>)> {
+        self.cluster.known_uid().map(|known| match known {
+            Ok(uid) => (Some(uid), None),
+            Err(reason) => (None, Some(reason)),
+        })
+    }
+
     /// The shared watchers of a namespace: `{job_watches_opened, pod_watches_opened,
     /// resyncs, subscribed_runs}`.
     fn watch_stats<'py>(&self, py: Python<'py>, namespace: &str) -> PyResult<Bound<'py, PyDict>> {
@@ -301,15 +322,16 @@ impl RunWatch {
             job_watch_timeout: job_watch_timeout_seconds.map(seconds),
             stream_output,
         };
-        let (run_events, from_run) = mpsc::channel(256);
-        let (to_python, rx) = mpsc::channel(256);
+        let (run_events, rx) = mpsc::channel(256);
         let cluster = self.cluster.clone();
-        let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
-            tokio::join!(
-                follow_run(cluster, subscription, job_name, options, run_events),
-                route_run_events(from_run, to_python),
-            );
-        });
+        let task = pyo3_async_runtimes::tokio::get_runtime().spawn(follow_run(
+            cluster,
+            subscription,
+            job_name,
+            options,
+            run_events,
+            log_sink(),
+        ));
         Ok(RunEvents {
             receiver: Arc::new(tokio::sync::Mutex::new(rx)),
             task,
@@ -342,8 +364,6 @@ impl<'py> IntoPyObject<'py> for EventBatch {
         for event in self.0 {
             let dict = PyDict::new(py);
             match event {
-                // Printed by the shared printer before events reach this channel (py_output).
-                RunEvent::Log(_) => continue,
                 RunEvent::Message(level, text) => {
                     dict.set_item("kind", "message")?;
                     dict.set_item(
@@ -391,10 +411,13 @@ impl RunEvents {
                 return Err(PyStopAsyncIteration::new_err(()));
             };
             let mut batch = vec![first];
-            while batch.len() < EVENTS_PER_BATCH {
-                match receiver.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
+            let gather_until = tokio::time::Instant::now() + EVENT_GATHER_WINDOW;
+            while batch.len() < EVENTS_PER_BATCH
+                && !matches!(batch.last(), Some(RunEvent::Finished(_)))
+            {
+                match tokio::time::timeout_at(gather_until, receiver.recv()).await {
+                    Ok(Some(event)) => batch.push(event),
+                    Ok(None) | Err(_) => break,
                 }
             }
             Ok(EventBatch(batch))
@@ -411,4 +434,22 @@ impl Drop for RunEvents {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Where a cluster's configuration comes from: a kubeconfig (dict) and context, or, without
+/// one, the in-cluster service account else the default kubeconfig.
+fn cluster_source(
+    py: Python<'_>,
+    kubeconfig: Option<&Bound<'_, PyAny>>,
+    context: Option<String>,
+) -> PyResult<ClusterSource> {
+    Ok(match kubeconfig {
+        Some(config) if !config.is_none() => ClusterSource::Kubeconfig {
+            config: pythonize::depythonize::<Value>(config).map_err(|error| {
+                crate::python_errors::conversion_error(py, "cluster_config", error)
+            })?,
+            context,
+        },
+        _ => ClusterSource::Automatic,
+    })
 }

@@ -177,17 +177,20 @@ async def soak(arguments: argparse.Namespace) -> dict[str, Any]:
     faults = asyncio.create_task(play_faults(arguments.proxy_control, rng, stop_faults, fault_log))
     begin = time.monotonic()
     next_sample = begin
+    # One loop for topping up, sampling and the deadline: runs that end as fast as the ramp
+    # submits them must not keep the soak topping up forever.
     while time.monotonic() - begin < arguments.seconds:
-        while len(in_flight) < arguments.in_flight:
+        if len(in_flight) < arguments.in_flight:
             task = asyncio.create_task(one_run())
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
             # The ramp: a steady stream of submissions rather than one burst.
             await asyncio.sleep(arguments.ramp_seconds / arguments.in_flight)
+        else:
+            await asyncio.sleep(0.2)
         if time.monotonic() >= next_sample:
             samples.append((round(time.monotonic() - begin, 1), len(results), rss_kib()))
             next_sample += 5
-        await asyncio.sleep(0.2)
     stop_faults.set()
     await faults
     await asyncio.wait_for(asyncio.gather(*in_flight), arguments.max_run_seconds + 300)

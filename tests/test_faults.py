@@ -317,6 +317,94 @@ async def test_a_pod_deleted_from_outside_ends_the_run_as_its_job_ends(testbed, 
     assert "reported no exit code" not in caplog.text
 
 
+# --- the worker's own output ------------------------------------------------------------------
+
+
+class BrokenStdout:
+    """A stdout whose writes fail, like a closed pipe."""
+
+    def write(self, text: str) -> int:
+        raise OSError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        pass
+
+
+class StuckStdout:
+    """A stdout nobody reads: writes block until `release`; records what was written."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.text: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        self.released.wait()
+        self.text.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_a_stdout_that_cannot_be_written_loses_no_run(testbed, monkeypatch, caplog):
+    """The flow's lines cannot be printed: the worker warns (once while it lasts) and every
+    run still ends with its exit code; printing works again once stdout does."""
+    monkeypatch.setattr(sys, "stdout", BrokenStdout())
+    direct = block(testbed)
+    async with Worker("broken-stdout") as worker:
+        first, second = await asyncio.gather(
+            run_flow(worker, direct, annotations=scripted(log_lines=5, exit_code=0)),
+            run_flow(worker, direct, annotations=scripted(log_lines=5, exit_code=3)),
+        )
+        assert (first[0].status_code, second[0].status_code) == (0, 3)
+        warnings = [r for r in caplog.records if "cannot print the flow runs' logs" in r.message]
+        assert len(warnings) == 1, [r.message for r in warnings]
+        assert "Broken pipe" in warnings[0].message
+        monkeypatch.undo()
+        working = StuckStdout()
+        working.released.set()
+        monkeypatch.setattr(sys, "stdout", working)
+        result, _, _ = await run_flow(worker, direct, annotations=scripted(log_lines=3))
+    assert result.status_code == 0
+    assert numbered("".join(working.text)) == lines_up_to(3)
+
+
+async def test_a_stdout_nobody_reads_holds_the_run_not_the_event_loop(testbed, monkeypatch):
+    """While stdout blocks, the asyncio loop keeps running and the run does not report its end
+    (its lines are not out yet); once stdout reads again every line comes, then the end."""
+    stuck = StuckStdout()
+    monkeypatch.setattr(sys, "stdout", stuck)
+    direct = block(testbed)
+    async with Worker("stuck-stdout") as worker:
+        try:
+            running, status, flow_run = await start_run(
+                worker, direct, annotations=scripted(log_lines=20, exit_code=0)
+            )
+            job_name = status.pid.split(":")[-1]
+            for _ in range(300):
+                job_status = jobs_of(testbed, flow_run)[0].get("status") or {}
+                conditions = job_status.get("conditions") or []
+                if any(c["type"] == "Complete" and c["status"] == "True" for c in conditions):
+                    break
+                await asyncio.sleep(0.1)  # the loop runs while the printer is blocked
+            else:
+                raise AssertionError(f"Job {job_name} did not complete")
+            # The lines may be read only after the Job's end (a short run): wait for the write.
+            assert await asyncio.to_thread(stuck.entered.wait, 30), "the printer never wrote"
+            await asyncio.sleep(1)
+            assert not running.done(), "the run ended before its lines were printed"
+        finally:
+            # The printer is shared by the whole process: never leave it blocked.
+            stuck.released.set()
+        result = await asyncio.wait_for(running, 60)
+    assert result.status_code == 0
+    assert numbered("".join(stuck.text)) == lines_up_to(20)
+
+
 # --- the worker's own process -----------------------------------------------------------------
 
 EXIT_WHILE_WATCHES_RECONNECT = """

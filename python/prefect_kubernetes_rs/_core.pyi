@@ -98,6 +98,11 @@ class KubernetesClients:
         """The cluster of a kubeconfig and context; without one, the in-cluster service account
         else the default kubeconfig. Raises ClusterConfigError naming the source."""
 
+    def connected(
+        self, kubeconfig: dict[str, Any] | None = None, context: str | None = None
+    ) -> ClusterHandle | None:
+        """The cluster of this kubeconfig and context if it is connected already, else None."""
+
     def close(self) -> Awaitable[None]:
         """Stop every watcher and forget every client."""
 
@@ -146,6 +151,9 @@ class ClusterHandle:
 
     def cluster_uid(self) -> Awaitable[tuple[str | None, str | None]]:
         """`(uid, None)` of the kube-system namespace, or `(None, reason)`; read once."""
+
+    def known_cluster_uid(self) -> tuple[str | None, str | None] | None:
+        """What `cluster_uid` returned, without an await, once it was read; else None."""
 
     def watch_stats(self, namespace: str) -> dict[str, int]:
         """The shared watchers of a namespace: `job_watches_opened`, `pod_watches_opened`,

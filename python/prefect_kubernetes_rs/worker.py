@@ -425,12 +425,15 @@ class KubernetesWorker(
     async def _cluster(self, configuration: KubernetesWorkerJobConfiguration) -> Any:
         """The connected cluster of this configuration (cached per distinct kubeconfig)."""
         cluster_config = configuration.cluster_config
+        kubeconfig, context = (
+            (None, None)
+            if cluster_config is None
+            else (cluster_config.config, cluster_config.context_name)
+        )
         try:
-            if cluster_config is None:
-                return await self._kubernetes.connect()
-            return await self._kubernetes.connect(
-                cluster_config.config, cluster_config.context_name
-            )
+            # Every run after the first finds its cluster connected: no await needed.
+            connected = self._kubernetes.connected(kubeconfig, context)
+            return connected or await self._kubernetes.connect(kubeconfig, context)
         except ClusterConfigError as error:
             raise InfrastructureNotAvailable(str(error)) from error
 
@@ -479,7 +482,7 @@ class KubernetesWorker(
                 raise
             pid = await self._infrastructure_pid(cluster, job, settings, logger)
             logger.info(
-                "Kubernetes job %r %s in namespace %r",
+                "Kubernetes job %r %s in namespace %r; waiting for its pod to start...",
                 job["name"],
                 "found (created by an earlier attempt)" if job["adopted"] else "created",
                 job["namespace"],
@@ -621,7 +624,7 @@ class KubernetesWorker(
         """`<cluster uid>:<namespace>:<job>`, or `<namespace>:<job>` when the uid is unknown."""
         cluster_uid = settings.cluster_uid
         if not cluster_uid:
-            cluster_uid, reason = await cluster.cluster_uid()
+            cluster_uid, reason = cluster.known_cluster_uid() or await cluster.cluster_uid()
             if cluster_uid is None and not self._warned_no_cluster_uid:
                 self._warned_no_cluster_uid = True
                 logger.warning(

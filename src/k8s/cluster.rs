@@ -82,6 +82,12 @@ impl Cluster {
             .clone()
     }
 
+    /// The uid (or why it cannot be read) if [`Cluster::uid`] already read it: a run after the
+    /// first needs no await to learn it.
+    pub fn known_uid(&self) -> Option<std::result::Result<String, String>> {
+        self.uid.get().cloned()
+    }
+
     /// The shared job and pod watchers of `namespace`, started on first use.
     pub fn namespace(self: &Arc<Self>, namespace: &str) -> Arc<NamespaceWatch> {
         let mut namespaces = self.namespaces.lock().expect("namespace registry lock");
@@ -125,6 +131,16 @@ impl ClusterRegistry {
         let cluster = Arc::new(connect(source).await?);
         clusters.insert(key, cluster.clone());
         Ok(cluster)
+    }
+
+    /// The cluster of `source` if it is connected already and the registry is not busy
+    /// connecting another: the common case of every run after the first, without an await.
+    pub fn connected(&self, source: &ClusterSource) -> Option<Arc<Cluster>> {
+        self.clusters
+            .try_lock()
+            .ok()?
+            .get(&source.cache_key())
+            .cloned()
     }
 
     /// Stops every watcher and forgets every client.

@@ -12,15 +12,49 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::LogParams;
 use kube::Api;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// How long a stream may stay silent after the container ended before we stop waiting for its
 /// end and read what is left instead (a dead connection otherwise hangs forever).
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How long the last read of an ended container's log keeps trying through API failures.
 const FINAL_READ_PATIENCE: Duration = Duration::from_secs(120);
-/// Lines handed over at once, so Python is woken per batch, not per line.
+/// Lines handed over at once, so the printer is woken per batch, not per line.
 const BATCH_LINES: usize = 256;
+
+/// What goes into the queue of log lines shared by every run in the process.
+#[derive(Debug)]
+pub enum LogChunk {
+    /// Lines of one pod, in order, each without its line end.
+    Lines(Vec<String>),
+    /// Answered once every chunk queued before it was printed.
+    Printed(oneshot::Sender<()>),
+}
+
+/// The sending end of the shared log queue: the runs' log readers put their lines straight in
+/// (no hop through the run's own event channel), in the order they were read.
+#[derive(Debug, Clone)]
+pub struct LogSink(mpsc::Sender<LogChunk>);
+
+impl LogSink {
+    pub fn new(queue: mpsc::Sender<LogChunk>) -> Self {
+        LogSink(queue)
+    }
+
+    /// Queues lines; waits while the queue is full (a slow reader of the output slows the
+    /// log streams, nothing is dropped). False when nobody prints any more.
+    pub async fn send_lines(&self, lines: Vec<String>) -> bool {
+        self.0.send(LogChunk::Lines(lines)).await.is_ok()
+    }
+
+    /// Waits until every line queued before this call was printed.
+    pub async fn wait_printed(&self) {
+        let (printed, was_printed) = oneshot::channel();
+        if self.0.send(LogChunk::Printed(printed)).await.is_ok() {
+            let _ = was_printed.await;
+        }
+    }
+}
 
 /// Where a follower stands: the last timestamp printed and how many lines carried it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,7 +108,7 @@ pub async fn follow_container_log(
     pod: String,
     container: String,
     mut ended: watch::Receiver<bool>,
-    lines: mpsc::Sender<Vec<String>>,
+    lines: LogSink,
 ) -> Result<(), K8sError> {
     let mut cursor = LogCursor::default();
     let mut failures = 0u32;
@@ -102,10 +136,8 @@ pub async fn follow_container_log(
                     &lines,
                 )
                 .await;
-                if lines.is_closed() {
-                    return Ok(());
-                }
                 match outcome {
+                    StreamEnd::NobodyPrints => return Ok(()),
                     StreamEnd::Complete if finished => return Ok(()),
                     // The server ends a followed stream when the container ends, usually a
                     // moment before the pod watch says so. Wait for that, so the next request
@@ -157,6 +189,8 @@ enum StreamEnd {
     Interrupted,
     /// The container ended but the stream stayed silent: probably a dead connection.
     Stalled,
+    /// The shared log queue is closed (the process is exiting).
+    NobodyPrints,
 }
 
 async fn read_stream(
@@ -165,7 +199,7 @@ async fn read_stream(
     skip_budget: &mut usize,
     ended: &mut watch::Receiver<bool>,
     already_finished: bool,
-    lines: &mpsc::Sender<Vec<String>>,
+    lines: &LogSink,
 ) -> StreamEnd {
     let mut reader = stream;
     // Bytes of a line whose end has not arrived yet.
@@ -208,19 +242,20 @@ async fn read_stream(
                 }
             }
             partial.clear();
-            if batch.len() >= BATCH_LINES {
-                flush(&mut batch, lines).await;
+            if batch.len() >= BATCH_LINES && !flush(&mut batch, lines).await {
+                return StreamEnd::NobodyPrints;
             }
         }
         partial.extend_from_slice(rest);
-        flush(&mut batch, lines).await;
+        if !flush(&mut batch, lines).await {
+            return StreamEnd::NobodyPrints;
+        }
     }
 }
 
-async fn flush(batch: &mut Vec<String>, lines: &mpsc::Sender<Vec<String>>) {
-    if !batch.is_empty() {
-        let _ = lines.send(std::mem::take(batch)).await;
-    }
+/// Hands the batch over; false when nobody prints any more.
+async fn flush(batch: &mut Vec<String>, lines: &LogSink) -> bool {
+    batch.is_empty() || lines.send_lines(std::mem::take(batch)).await
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod logs;
 pub mod memory;
 pub mod run;
 pub mod watch;
+pub mod watched;
 
 pub use cluster::{Cluster, ClusterRegistry, ClusterSource};
 pub use error::{K8sError, Result};

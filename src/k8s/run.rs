@@ -7,7 +7,7 @@
 
 use crate::k8s::cluster::Cluster;
 use crate::k8s::jobs::{delete_job, recent_events};
-use crate::k8s::logs::follow_container_log;
+use crate::k8s::logs::{follow_container_log, LogSink};
 use crate::k8s::watch::{ObjectEvent, RunSubscription};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -82,11 +82,10 @@ pub struct RunOutcome {
     pub evicted: bool,
 }
 
-/// What [`follow_run`] reports, in order.
+/// What [`follow_run`] reports, in order. (The flow container's lines go to the shared
+/// [`LogSink`]; all of them are printed before `Finished` is sent.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEvent {
-    /// Lines the flow container wrote.
-    Log(Vec<String>),
     /// A message for the flow run's log.
     Message(Level, String),
     /// A pod changed phase.
@@ -510,15 +509,16 @@ fn pending_reason(pod: &Pod) -> Option<String> {
         .or_else(|| status.reason.clone())
 }
 
-/// Follows the Job `job_name` of a run to its end, sending what happens to `events`; the last
-/// event is always [`RunEvent::Finished`]. Dropping the future stops following and leaves the
-/// Job alone.
+/// Follows the Job `job_name` of a run to its end, sending what happens to `events` and the
+/// flow container's lines to `log_lines`; the last event is always [`RunEvent::Finished`], sent
+/// once every line was printed. Dropping the future stops following and leaves the Job alone.
 pub async fn follow_run(
     cluster: Arc<Cluster>,
     mut subscription: RunSubscription,
     job_name: String,
     options: FollowOptions,
     events: mpsc::Sender<RunEvent>,
+    log_lines: LogSink,
 ) {
     let _counted = ActiveFollower::enter();
     let namespace = subscription.namespace().to_owned();
@@ -528,12 +528,17 @@ pub async fn follow_run(
         namespace,
         job_name,
         events,
+        log_lines,
         log_tasks: HashMap::new(),
+        followed_logs: false,
     };
     let outcome = follower
         .follow(&mut state, &mut subscription, &options)
         .await;
     follower.finish_logs().await;
+    if follower.followed_logs {
+        follower.log_lines.wait_printed().await;
+    }
     drop(state);
     crate::k8s::memory::release_freed_memory();
     let _ = follower.events.send(RunEvent::Finished(outcome)).await;
@@ -573,7 +578,10 @@ struct RunFollower {
     namespace: String,
     job_name: String,
     events: mpsc::Sender<RunEvent>,
+    log_lines: LogSink,
     log_tasks: HashMap<String, LogTask>,
+    /// Whether any pod's log was followed: only then must the end wait for the printer.
+    followed_logs: bool,
 }
 
 impl RunFollower {
@@ -589,12 +597,12 @@ impl RunFollower {
     ) -> bool {
         tokio::select! {
             job = subscription.jobs.recv() => match job {
-                Some(event) => { state.apply_job(event); true }
+                Some(event) => { state.apply_job(event.map(|job| job.0)); true }
                 None => false,
             },
             pod = subscription.pods.recv() => match pod {
                 Some(event) => {
-                    for change in state.apply_pod(event) {
+                    for change in state.apply_pod(event.map(|pod| pod.0)) {
                         let _ = self.events.send(RunEvent::Pod(change)).await;
                     }
                     true
@@ -610,12 +618,8 @@ impl RunFollower {
         subscription: &mut RunSubscription,
         options: &FollowOptions,
     ) -> RunOutcome {
+        // (The worker said "waiting for its pod to start" with the Job's creation.)
         let job = self.job_name.clone();
-        self.say(
-            Level::Info,
-            format!("Job '{job}': waiting for its pod to start..."),
-        )
-        .await;
         let start_deadline = Instant::now() + options.pod_watch_timeout;
         let mut last_pending = None;
         loop {
@@ -802,26 +806,20 @@ impl RunFollower {
         for pod in state.pods_with_logs() {
             if !self.log_tasks.contains_key(&pod) {
                 let (ended_tx, ended_rx) = watch::channel(false);
-                let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<String>>(64);
                 let events = self.events.clone();
                 let api: Api<Pod> = Api::namespaced(self.cluster.client(), &self.namespace);
                 let pod_name = pod.clone();
+                let log_lines = self.log_lines.clone();
+                self.followed_logs = true;
                 let handle = tokio::spawn(async move {
-                    let forward = async {
-                        while let Some(lines) = lines_rx.recv().await {
-                            if events.send(RunEvent::Log(lines)).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let follow = follow_container_log(
+                    let result = follow_container_log(
                         api,
                         pod_name.clone(),
                         PREFECT_CONTAINER.into(),
                         ended_rx,
-                        lines_tx,
-                    );
-                    let (result, ()) = tokio::join!(follow, forward);
+                        log_lines,
+                    )
+                    .await;
                     if let Err(error) = result {
                         let _ = events
                             .send(RunEvent::Message(

@@ -8,9 +8,8 @@
 //! watch restarts from "now".
 
 use crate::k8s::error::K8sError;
+use crate::k8s::watched::{WatchedJob, WatchedPod};
 use futures::TryStreamExt;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -45,6 +44,19 @@ pub enum ObjectEvent<K> {
     /// After a gap in the watch: every object of the run that exists now. Objects the run
     /// knew that are not in the list were deleted during the gap.
     Resynced(Vec<K>),
+}
+
+impl<K> ObjectEvent<K> {
+    /// The same event about the object converted by `convert`.
+    pub fn map<T>(self, convert: impl Fn(K) -> T) -> ObjectEvent<T> {
+        match self {
+            ObjectEvent::Applied(object) => ObjectEvent::Applied(convert(object)),
+            ObjectEvent::Deleted(object) => ObjectEvent::Deleted(convert(object)),
+            ObjectEvent::Resynced(objects) => {
+                ObjectEvent::Resynced(objects.into_iter().map(convert).collect())
+            }
+        }
+    }
 }
 
 type Subscribers<K> =
@@ -161,8 +173,8 @@ where
 /// The job watcher and the pod watcher of one namespace.
 pub struct NamespaceWatch {
     namespace: String,
-    jobs: SharedWatch<Job>,
-    pods: SharedWatch<Pod>,
+    jobs: SharedWatch<WatchedJob>,
+    pods: SharedWatch<WatchedPod>,
     next_id: AtomicU64,
 }
 
@@ -240,9 +252,9 @@ pub struct RunSubscription {
     id: u64,
     flow_run_id: String,
     /// Events of the run's Jobs.
-    pub jobs: mpsc::UnboundedReceiver<ObjectEvent<Job>>,
+    pub jobs: mpsc::UnboundedReceiver<ObjectEvent<WatchedJob>>,
     /// Events of the run's pods.
-    pub pods: mpsc::UnboundedReceiver<ObjectEvent<Pod>>,
+    pub pods: mpsc::UnboundedReceiver<ObjectEvent<WatchedPod>>,
 }
 
 impl RunSubscription {
@@ -454,7 +466,7 @@ where
 mod tests {
     use super::*;
 
-    fn watch_in(state: WatchState) -> (SharedWatch<Pod>, watch::Sender<WatchState>) {
+    fn watch_in(state: WatchState) -> (SharedWatch<WatchedPod>, watch::Sender<WatchState>) {
         let (sender, ready) = watch::channel(state);
         let shared = SharedWatch {
             subscribers: Arc::default(),
