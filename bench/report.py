@@ -596,7 +596,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], images: list[str]
         if by_thread:
             out.append(
                 "CPU ms per run by thread (first good repetition; `python` is the thread of "
-                "the asyncio loop, names cut to 15 characters by Linux):"
+                "the asyncio loop, names cut to 15 characters by Linux; Linux counts a "
+                "thread's CPU in 10 ms ticks, coarse at small N):"
             )
             out.append("")
             for name, threads in by_thread:
