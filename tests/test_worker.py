@@ -81,3 +81,56 @@ def test_settings_follow_the_working_directory(monkeypatch, tmp_path):
     )
     monkeypatch.chdir(tmp_path)
     assert current_settings().worker.create_job_retry.max_retries == 7
+
+
+class ScriptedStates:
+    """Stands in for Prefect's client: each `read_flow_run_states` call gets the next answer."""
+
+    def __init__(self, *answers: list) -> None:
+        self.answers = answers
+        self.calls = 0
+
+    async def __aenter__(self) -> ScriptedStates:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def read_flow_run_states(self, flow_run_id: object) -> list:
+        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        return answer
+
+
+def _evicted_run_check(monkeypatch, client: ScriptedStates):
+    import datetime
+    import uuid
+
+    from prefect.client.schemas.objects import FlowRun
+
+    monkeypatch.setattr("prefect.client.orchestration.get_client", lambda: client)
+    worker = KubernetesWorker(work_pool_name="reschedule-check")
+    flow_run = FlowRun(id=uuid.uuid4(), name="evicted", flow_id=uuid.uuid4())
+    created = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5)
+    return worker._was_rescheduled(flow_run, since=created)
+
+
+async def test_an_evicted_run_that_reschedules_itself_a_moment_later_is_seen(monkeypatch):
+    """The kubelet publishes the eviction before SIGTERM: the flow's engine may reschedule the
+    run only after the worker saw the Job fail. The worker keeps looking."""
+    from prefect.states import Running, Scheduled
+
+    client = ScriptedStates([Running()], [Running()], [Running(), Scheduled()])
+    assert await _evicted_run_check(monkeypatch, client) is True
+    assert client.calls == 3
+
+
+async def test_an_evicted_run_that_never_reschedules_is_not_waited_for_forever(monkeypatch):
+    from prefect.states import Running
+
+    import prefect_kubernetes_rs.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_RESCHEDULE_PATIENCE_SECONDS", 2)
+    client = ScriptedStates([Running()])
+    assert await _evicted_run_check(monkeypatch, client) is False
+    assert 2 <= client.calls <= 4

@@ -26,6 +26,7 @@ import datetime
 import functools
 import hashlib
 import json
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.abc
@@ -663,13 +664,21 @@ class KubernetesWorker(
 
         The run's current state is not enough: a rescheduled run may already have been picked
         up again (Pending, Running) by the time its evicted Job's end is seen, and crashing it
-        then would kill the new attempt.
+        then would kill the new attempt. Nor is one look: the kubelet publishes the eviction
+        before it sends SIGTERM, so the Job can be seen failed before the flow's engine has
+        rescheduled the run; the states are read again for up to `_RESCHEDULE_PATIENCE_SECONDS`.
         """
         from prefect.client.orchestration import get_client
 
+        deadline = time.monotonic() + _RESCHEDULE_PATIENCE_SECONDS
         async with get_client() as client:
-            states = await client.read_flow_run_states(flow_run.id)
-        return any(state.is_scheduled() and state.timestamp >= since for state in states)
+            while True:
+                states = await client.read_flow_run_states(flow_run.id)
+                if any(state.is_scheduled() and state.timestamp >= since for state in states):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(1)
 
     async def kill_infrastructure(
         self,
@@ -728,6 +737,10 @@ def _reference_secret(env: list[dict[str, Any]], name: str, secret: str, key: st
                 "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
             }
 
+
+# How long an evicted run's flow may take to reschedule itself after its Job is seen failed:
+# its engine does so on SIGTERM, which the kubelet sends right after publishing the eviction.
+_RESCHEDULE_PATIENCE_SECONDS = 30
 
 # Kubernetes stores an object in one etcd request, 1.5 MiB at most by default; above about
 # 1 MiB a refused Job is most likely refused for its size, whatever the API server says.

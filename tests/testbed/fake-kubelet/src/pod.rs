@@ -589,6 +589,10 @@ impl PodTask {
                         main_specs.first().map(|c| c.name.as_str()).unwrap_or("main")
                     ));
                     self.event(Type::Warning, "Evicted", &msg, Source::Kubelet);
+                    // As a v1.20 kubelet does (syncPod with SyncPodKill): the evicted status is
+                    // set first, the containers are killed after; the API server never sees
+                    // the containers' ends without the eviction.
+                    self.patch_status(model.evicted_status_json(&msg)).await;
                     stopping = Some(Cause::Evict(msg));
                     // A hard eviction asks for grace 0, which the kubelet raises to its minimum of
                     // 2 s: the process gets SIGTERM and a moment to act on it (Prefect's engine
@@ -663,7 +667,8 @@ impl PodTask {
             model.recompute(Utc::now());
             Self::set_views(&logs, &model);
             let js = model.status_json();
-            if js != last_sent {
+            // An evicted pod's status stays the eviction's (published above).
+            if js != last_sent && !matches!(stopping, Some(Cause::Evict(_))) {
                 self.patch_status(js.clone()).await;
                 last_sent = js;
             }
