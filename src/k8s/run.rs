@@ -530,13 +530,12 @@ pub async fn follow_run(
         events,
         log_lines,
         log_tasks: HashMap::new(),
-        followed_logs: false,
     };
     let outcome = follower
         .follow(&mut state, &mut subscription, &options)
         .await;
-    follower.finish_logs().await;
-    if follower.followed_logs {
+    // Only a run whose pods' logs were followed must wait for the printer.
+    if follower.finish_logs().await {
         follower.log_lines.wait_printed().await;
     }
     drop(state);
@@ -580,8 +579,6 @@ struct RunFollower {
     events: mpsc::Sender<RunEvent>,
     log_lines: LogSink,
     log_tasks: HashMap<String, LogTask>,
-    /// Whether any pod's log was followed: only then must the end wait for the printer.
-    followed_logs: bool,
 }
 
 impl RunFollower {
@@ -810,7 +807,6 @@ impl RunFollower {
                 let api: Api<Pod> = Api::namespaced(self.cluster.client(), &self.namespace);
                 let pod_name = pod.clone();
                 let log_lines = self.log_lines.clone();
-                self.followed_logs = true;
                 let handle = tokio::spawn(async move {
                     let result = follow_container_log(
                         api,
@@ -847,14 +843,16 @@ impl RunFollower {
         }
     }
 
-    /// Lets the log followers read to the end of their containers (bounded), then stops them.
-    async fn finish_logs(&mut self) {
+    /// Lets the log followers read to the end of their containers (bounded), then stops them;
+    /// true when there was any.
+    async fn finish_logs(&mut self) -> bool {
         let mut handles = Vec::new();
         for (_, task) in self.log_tasks.drain() {
             // The Job is over: whatever its pods wrote is final.
             let _ = task.ended.send(true);
             handles.push(task.handle);
         }
+        let followed_any = !handles.is_empty();
         for mut handle in handles {
             if tokio::time::timeout(SETTLE_TIMEOUT, &mut handle)
                 .await
@@ -863,6 +861,7 @@ impl RunFollower {
                 handle.abort();
             }
         }
+        followed_any
     }
 }
 
