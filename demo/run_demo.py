@@ -27,8 +27,17 @@ from testbed_support import Testbed  # noqa: E402
 POOL = "demo"
 
 
+def show(text: str) -> None:
+    # The demo's output may be a pipe whose reader is gone (`make demo | tee demo.log`, then
+    # Ctrl-C): what it says is then lost, but it must go on to stop what it started.
+    try:
+        print(text, flush=True)
+    except OSError:
+        pass
+
+
 def say(message: str) -> None:
-    print(f"\033[1m==> {message}\033[0m", flush=True)
+    show(f"\033[1m==> {message}\033[0m")
 
 
 async def deploy_and_run(environment: dict[str, str]) -> list[tuple[str, str, str | None]]:
@@ -99,7 +108,10 @@ def main() -> int:
         say(f"Starting `prefect worker start --pool {POOL} --type kubernetes-rs` ...")
         worker = prefect.start_worker(POOL, kubeconfig=testbed.kubeconfig, name="demo-worker")
         say(f"Worker up; its output follows in {worker.log}")
-        follower = subprocess.Popen(["tail", "-n", "+1", "-f", str(worker.log)])
+        # `--pid`: tail ends by itself once the demo has ended, however that happened.
+        follower = subprocess.Popen(
+            ["tail", "-n", "+1", "-f", f"--pid={os.getpid()}", str(worker.log)]
+        )
 
         say("Deploying demo/flows.py and running three flows...")
         try:
@@ -117,7 +129,7 @@ def main() -> int:
             follower.terminate()
         say("Summary")
         for name, state, _ in results:
-            print(f"    {name:<22} {state}")
+            show(f"    {name:<22} {state}")
         expected = {
             "count_sheep": "Completed",
             "divide": "Failed",
@@ -130,6 +142,9 @@ def main() -> int:
         say("Interrupted; stopping everything")
         return 130
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short (each step is bounded).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         prefect.stop()
         testbed.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import uuid
 from typing import Any
 
@@ -57,6 +58,38 @@ def work_pool() -> WorkPool:
         name="k8s-pool",
         type="kubernetes-rs",
         base_job_template=KubernetesWorker.get_default_base_job_template(),
+    )
+
+
+@pytest.fixture(scope="session")
+def temporary_prefect_server_starts():
+    """Refuses Prefect's temporary server for the whole session and lists who asked for one."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    asked: list[str] = []
+
+    def refuse(self: object, timeout: int | None = None) -> None:
+        asked.append(os.environ.get("PYTEST_CURRENT_TEST", "?"))
+        raise RuntimeError("tests may not start Prefect's temporary server")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SubprocessASGIServer, "start", refuse)
+        yield asked
+
+
+@pytest.fixture(autouse=True)
+def no_temporary_prefect_server(temporary_prefect_server_starts):
+    """A test that reaches Prefect's API without a server of its own fails, instead of quietly
+    starting Prefect's temporary server: that server outlives the test and, at interpreter
+    exit, logs its stop into pytest's closed output ("--- Logging error ---"). Prefect's event
+    emitter swallows the refusal, hence the check after each test. Tests that need Prefect's
+    API start a real server (`prefect_support.PrefectServer`); the others keep events and API
+    logging off (`test_lifecycle.no_prefect_server`)."""
+    before = len(temporary_prefect_server_starts)
+    yield
+    assert len(temporary_prefect_server_starts) == before, (
+        "this test reached Prefect's API without a Prefect server: start one "
+        "(prefect_support.PrefectServer) or keep events and API logs off (no_prefect_server)"
     )
 
 

@@ -1,20 +1,24 @@
 """A real Prefect server and real `prefect worker start` processes, for `make demo` and the
 end-to-end tests.
 
-`PrefectServer.start()` runs `prefect server start` (SQLite under its own PREFECT_HOME) on a
-free loopback port; `start_worker()` runs `prefect worker start --type kubernetes-rs` for a pool,
-its output kept in a file the tests read; `stop()` stops what it started. Deployments point at
-flow code on this machine (a `set_working_directory` pull step), which the testbed's pods run
-as local processes.
+`PrefectServer.start()` runs `prefect server start` on a free loopback port, on SQLite under its
+own PREFECT_HOME (Prefect's default, as `make demo` uses it) or on a PostgreSQL server of its own
+(as production servers run, and as the end-to-end tests need: they create runs concurrently);
+`start_worker()` runs `prefect worker start --type kubernetes-rs` for a pool, its output kept in
+a file the tests read; `stop()` stops what it started. Deployments point at flow code on this
+machine (a `set_working_directory` pull step), which the testbed's pods run as local processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed_support import stop_processes
+from testbed_support import TestbedError, log_tail, run_checked, stop_processes
 
 WORKER_TYPE = "kubernetes-rs"
 # The CLI of the Python running this code (a user's `prefect`, from the same environment).
@@ -65,11 +69,113 @@ class WorkerProcess:
         raise TimeoutError(f"worker {self.name} printed none of {texts!r}:\n{output[-3000:]}")
 
 
+def postgres_binaries() -> Path:
+    """The directory of Debian's PostgreSQL server programs, the newest installed version
+    (`make testbed` installs Debian's `postgresql` where it is missing)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0,
+    )
+    if not found:
+        raise TestbedError(
+            "PostgreSQL's server is not installed (no /usr/lib/postgresql/*/bin/postgres): "
+            "`make testbed` installs Debian's postgresql package"
+        )
+    return found[-1].parent
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL server for one Prefect server: its own data directory, a free
+    loopback port, trust authentication on loopback only, no fsync (the data is thrown away).
+
+    PostgreSQL refuses to run as root: as root, the server and `initdb` run as Debian's
+    `postgres` user, with the data in a directory of its own under /tmp (pytest's temporary
+    directories are closed to other users).
+    """
+
+    log: Path
+    port: int = 0
+    data_root: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
+
+    def _as_owner(self) -> dict[str, Any]:
+        if os.geteuid() != 0:
+            return {}
+        return {"user": "postgres", "group": "postgres", "extra_groups": []}
+
+    def start(self, timeout: float = 60) -> PostgresServer:
+        binaries = postgres_binaries()
+        self.data_root = Path(tempfile.mkdtemp(prefix="pkr-postgres-", dir="/tmp"))
+        if os.geteuid() == 0:
+            shutil.chown(self.data_root, "postgres", "postgres")
+        data = self.data_root / "data"
+        run_checked(
+            [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+             "--no-sync", "--encoding=UTF8", "--locale=C"],
+            **self._as_owner(),
+        )  # fmt: skip
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [str(binaries / "postgres"), "-D", str(data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data_root}",
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "max_connections=300"],
+            stdin=subprocess.DEVNULL, stdout=open(self.log, "ab"),  # noqa: SIM115 - closed with the process
+            stderr=subprocess.STDOUT, start_new_session=True, **self._as_owner(),
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise TestbedError(
+                    f"PostgreSQL exited with {self.process.returncode} while starting; "
+                    f"the end of its log {self.log}:\n{log_tail(self.log)}"
+                )
+            ready = subprocess.run(
+                [str(binaries / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                check=False,
+            )
+            if ready.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise TestbedError(
+                    f"PostgreSQL did not accept connections within {timeout} s; "
+                    f"the end of its log {self.log}:\n{log_tail(self.log)}"
+                )
+            time.sleep(0.2)
+        run_checked(
+            [str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+             "prefect"]
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # SIGINT is PostgreSQL's fast shutdown (SIGTERM waits for every client to leave).
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+        if self.data_root is not None:
+            shutil.rmtree(self.data_root, ignore_errors=True)
+            self.data_root = None
+
+
 @dataclass
 class PrefectServer:
     workdir: Path
     # Extra settings for the server process (e.g. a short cancellation timeout).
     server_settings: dict[str, str] = field(default_factory=dict)
+    # "sqlite" (Prefect's default) or "postgresql" (a PostgreSQL server of its own).
+    database: str = "sqlite"
+    postgres: PostgresServer | None = field(init=False, default=None)
     api_url: str = field(init=False, default="")
     processes: list[subprocess.Popen] = field(default_factory=list)
     workers: list[WorkerProcess] = field(default_factory=list)
@@ -89,12 +195,18 @@ class PrefectServer:
 
     def start(self, timeout: float = 120) -> PrefectServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        database: dict[str, str] = {}
+        if self.database == "postgresql":
+            self.postgres = PostgresServer(self.workdir / "postgres.log").start()
+            database = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": self.postgres.url}
+        elif self.database != "sqlite":
+            raise ValueError(f"database must be 'sqlite' or 'postgresql', not {self.database!r}")
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}/api"
         log = open(self.workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
         server = subprocess.Popen(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=os.environ | self.env | self.server_settings,
+            env=os.environ | self.env | database | self.server_settings,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.processes.append(server)
@@ -110,7 +222,10 @@ class PrefectServer:
                     return self
             except OSError:
                 time.sleep(0.5)
-        raise TimeoutError("the Prefect server did not become healthy")
+        raise TestbedError(
+            f"the Prefect server did not become healthy within {timeout} s; the end of its log "
+            f"{self.workdir / 'server.log'}:\n{log_tail(self.workdir / 'server.log')}"
+        )
 
     def start_worker(
         self,
@@ -157,6 +272,9 @@ class PrefectServer:
     def stop(self) -> None:
         stop_processes(self.processes)
         self.workers.clear()
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
 
     # --- the Prefect API, as a user's scripts use it -------------------------------------------
 

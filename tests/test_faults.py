@@ -364,7 +364,8 @@ async def test_a_stdout_that_cannot_be_written_loses_no_run(testbed, monkeypatch
         warnings = [r for r in caplog.records if "cannot print the flow runs' logs" in r.message]
         assert len(warnings) == 1, [r.message for r in warnings]
         assert "Broken pipe" in warnings[0].message
-        monkeypatch.undo()
+        # Not `monkeypatch.undo()`: that would also undo the autouse `no_prefect_server`'s
+        # patches, and the run's pod events would then start Prefect's temporary server.
         working = StuckStdout()
         working.released.set()
         monkeypatch.setattr(sys, "stdout", working)

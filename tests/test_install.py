@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from prefect_kubernetes import worker as oracle
+from testbed_support import run_checked
 
 from prefect_kubernetes_rs.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
@@ -35,24 +36,14 @@ def fresh_venv(tmp_path_factory) -> Path:
     """A virtual environment with nothing but `pip install <our wheel>`."""
     workdir = tmp_path_factory.mktemp("install")
     maturin = Path(sys.executable).with_name("maturin")
-    subprocess.run(
-        [str(maturin), "build", "--release", "--out", str(workdir / "dist")],
-        cwd=ROOT, check=True, capture_output=True,
-    )  # fmt: skip
+    run_checked([str(maturin), "build", "--release", "--out", str(workdir / "dist")], cwd=ROOT)
     (wheel,) = (workdir / "dist").glob("prefect_kubernetes_rs-*.whl")
     venv = workdir / "venv"
     # A Python outside our venv, as a user's would be.
     base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [
-            str(venv / "bin" / "pip"),
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            str(wheel),
-        ],
-        check=True,
+    run_checked([base_python, "-m", "venv", str(venv)])
+    run_checked(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(wheel)]
     )
     return venv
 

@@ -12,7 +12,6 @@ import datetime
 import http.server
 import json
 import logging
-import subprocess
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from test_lifecycle import (  # the lifecycle tests' way of driving a run, share
     pods_of,
     scripted,
 )
+from testbed_support import run_checked
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -132,10 +132,10 @@ def bound_token(testbed, account: str, holder: str) -> str:
             "kind": "Secret", "apiVersion": "v1", "name": holder,
             "uid": secret["metadata"]["uid"]}},
     }  # fmt: skip
-    answer = subprocess.run(
+    answer = run_checked(
         ["kubectl", "--kubeconfig", str(testbed.kubeconfig), "create", "--raw",
          f"/api/v1/namespaces/default/serviceaccounts/{account}/token", "-f", "-"],
-        input=json.dumps(request), capture_output=True, text=True, check=True,
+        input=json.dumps(request),
     )  # fmt: skip
     return json.loads(answer.stdout)["status"]["token"]
 

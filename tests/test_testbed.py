@@ -14,6 +14,7 @@ import time
 import uuid
 
 import pytest
+from testbed_support import run_checked
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -39,9 +40,9 @@ def job_manifest(name: str, command: list[str] | None = None, **spec: object) ->
 
 
 def apply(testbed, manifest: dict, namespace: str = "default") -> None:
-    subprocess.run(
+    run_checked(
         ["kubectl", "--kubeconfig", str(testbed.kubeconfig), "-n", namespace, "create", "-f", "-"],
-        input=json.dumps(manifest), text=True, check=True, capture_output=True,
+        input=json.dumps(manifest),
     )  # fmt: skip
 
 

@@ -32,11 +32,46 @@ def _binary(name: str) -> Path:
         if candidate.exists():
             return candidate
     package = {"fake-kubelet": "pkr-fake-kubelet", "fault-proxy": "pkr-fault-proxy"}[name]
-    subprocess.run(["cargo", "build", "--release", "-p", package], cwd=ROOT, check=True)
+    run_checked(["cargo", "build", "--release", "-p", package], cwd=ROOT)
     return ROOT / "target" / "release" / name
 
 
-def _wait_for_line(process: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+class TestbedError(RuntimeError):
+    """A testbed process failed: the message holds the tail of its output and where its logs are."""
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """A command of the harness failed; unlike its base class, its text shows what the command
+    said (the end of its stderr and stdout), which is what a failing test's report needs."""
+
+    def __str__(self) -> str:
+        said = []
+        for name, text in (("stderr", self.stderr), ("stdout", self.output)):
+            if isinstance(text, bytes):
+                text = text.decode(errors="replace")
+            if text and text.strip():
+                said.append(f"--- end of its {name} ---\n" + "\n".join(text.splitlines()[-40:]))
+        return "\n".join([super().__str__(), *said])
+
+
+def run_checked(argv: list[str], **options: Any) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run` with the output captured as text; a non-zero exit raises
+    `CommandFailed`, which shows the end of the output."""
+    result = subprocess.run(argv, capture_output=True, text=True, **options)
+    if result.returncode != 0:
+        raise CommandFailed(result.returncode, argv, result.stdout, result.stderr)
+    return result
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        return f"(no log at {path}: {error.strerror})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_for_line(process: subprocess.Popen[str], prefix: str, timeout: float, log: Path) -> str:
     deadline = time.monotonic() + timeout
     assert process.stdout is not None
     while time.monotonic() < deadline:
@@ -44,10 +79,14 @@ def _wait_for_line(process: subprocess.Popen[str], prefix: str, timeout: float) 
         if line.startswith(prefix):
             return line.strip()
         if not line and process.poll() is not None:
-            raise RuntimeError(
-                f"{process.args[0]} exited with {process.returncode} before it was ready"
+            raise TestbedError(
+                f"{process.args[0]} exited with {process.returncode} before it was ready; "
+                f"the end of its log {log}:\n{log_tail(log)}"
             )
-    raise TimeoutError(f"{process.args[0]} did not print {prefix!r} within {timeout} s")
+    raise TestbedError(
+        f"{process.args[0]} did not print {prefix!r} within {timeout} s; "
+        f"the end of its log {log}:\n{log_tail(log)}"
+    )
 
 
 def stop_processes(processes: list[subprocess.Popen], grace_seconds: float = 15) -> None:
@@ -77,12 +116,43 @@ class Testbed:
     env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
 
-    def start(self) -> Testbed:
+    def cluster_script(self, command: str, timeout: float = 300) -> None:
+        """Runs `cluster.sh <command>` for this testbed, its output in `cluster-<command>.log`
+        (never this process's stdout, which may be a pipe nobody reads any more, as after a
+        Ctrl-C of `make demo | tee`).
+
+        The script runs in its own session, so a Ctrl-C at the terminal reaches only this
+        process, which then stops the script with SIGTERM (its trap stops whatever it had
+        started) and waits for it: an interrupted `up` leaves nothing running.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        environment = os.environ | {"PKR_CLUSTER_DIR": str(self.state_dir)}
-        subprocess.run(
-            [str(CLUSTER_SCRIPT), "up"], env=environment, check=True, capture_output=True
-        )
+        log = self.state_dir / f"cluster-{command}.log"
+        with open(log, "ab") as output:
+            script = subprocess.Popen(
+                [str(CLUSTER_SCRIPT), command],
+                env=os.environ | {"PKR_CLUSTER_DIR": str(self.state_dir)},
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                code = script.wait(timeout=timeout)
+            except BaseException:
+                if script.poll() is None:
+                    os.killpg(script.pid, signal.SIGTERM)
+                    try:
+                        script.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(script.pid, signal.SIGKILL)
+                        script.wait()
+                raise
+        if code != 0:
+            raise TestbedError(
+                f"tests/testbed/cluster.sh {command} exited with {code}; the end of its output "
+                f"({log}):\n{log_tail(log)}\ncomponent logs: {self.state_dir / 'logs'}"
+            )
+
+    def start(self) -> Testbed:
+        self.cluster_script("up")
         self.env = dict(
             line.split("=", 1)
             for line in (self.state_dir / "cluster.env").read_text().splitlines()
@@ -101,7 +171,7 @@ class Testbed:
             # comes first on their PATH, as the image's would.
             env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
         )
-        _wait_for_line(kubelet, "fake-kubelet ready", 60)
+        _wait_for_line(kubelet, "fake-kubelet ready", 60, logs / "fake-kubelet.log")
 
         self.proxy_kubeconfig = self.state_dir / "kubeconfig-proxy"
         proxy = self._spawn(
@@ -116,7 +186,7 @@ class Testbed:
             ],
             logs / "fault-proxy.log",
         )
-        ready = _fields(_wait_for_line(proxy, "fault-proxy ready", 60))
+        ready = _fields(_wait_for_line(proxy, "fault-proxy ready", 60, logs / "fault-proxy.log"))
         self.proxy_control = f"http://{ready['control']}"
         return self
 
@@ -136,17 +206,16 @@ class Testbed:
 
     def stop(self) -> None:
         stop_processes(self.processes)
-        environment = os.environ | {"PKR_CLUSTER_DIR": str(self.state_dir)}
-        subprocess.run([str(CLUSTER_SCRIPT), "down"], env=environment, check=False)
+        self.cluster_script("down", timeout=120)
 
     # --- helpers for tests ------------------------------------------------------------------
 
     def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        return subprocess.run(
-            ["kubectl", "--kubeconfig", str(kubeconfig or self.kubeconfig), *args],
-            capture_output=True, text=True, check=check, timeout=timeout,
-        )  # fmt: skip
+        argv = ["kubectl", "--kubeconfig", str(kubeconfig or self.kubeconfig), *args]
+        if check:
+            return run_checked(argv, timeout=timeout)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
     def kubeconfig_dict(self, path: Path | None = None) -> dict[str, Any]:
         """A kubeconfig as data, as a `kubernetes-cluster-config` block holds it."""
@@ -188,8 +257,4 @@ class Testbed:
     def restart_apiserver(self) -> None:
         """Restarts kube-apiserver alone, on the same port with the same flags (etcd keeps every
         object, the controller-manager keeps running); returns once it is ready again."""
-        environment = os.environ | {"PKR_CLUSTER_DIR": str(self.state_dir)}
-        subprocess.run(
-            [str(CLUSTER_SCRIPT), "restart-apiserver"],
-            env=environment, check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+        self.cluster_script("restart-apiserver", timeout=120)

@@ -56,6 +56,8 @@ ensure_packages() {
     # Tests drive the cluster with kubectl; Debian's kubernetes-client provides one where the
     # machine has none of its own.
     command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+    # The end-to-end tests run their Prefect server on a PostgreSQL server of their own.
+    compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
     if ((${#missing[@]} == 0)); then
         return 0
     fi

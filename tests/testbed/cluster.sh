@@ -38,7 +38,9 @@ FEATURE_GATES="TTLAfterFinished=true"
 SERVICE_CIDR="10.96.0.0/16"
 SERVICE_IP="10.96.0.1"   # first IP of SERVICE_CIDR: the `kubernetes` Service
 
-log() { printf '[%s] cluster: %s\n' "$(date '+%H:%M:%S')" "$*"; }
+# A log line that cannot be written (its reader gone, e.g. `... | tee` after Ctrl-C) is dropped:
+# stopping the stack must not depend on anyone reading what it says.
+log() { printf '[%s] cluster: %s\n' "$(date '+%H:%M:%S')" "$*" 2>/dev/null || true; }
 die() {
     printf '[%s] cluster: ERROR: %s\n' "$(date '+%H:%M:%S')" "$*" >&2
     exit 1
@@ -72,22 +74,22 @@ start() {
     shift 2
     local exe
     exe="$(readlink -f "$bin")"
-    local pidfile="$STATE_DIR/.$name.pid"
-    rm -f "$pidfile"
-    # The child writes its own pid before exec'ing, so the recorded pid is the binary itself.
-    # shellcheck disable=SC2016  # $$ and $0 belong to the inner shell
-    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$exe" "$@" \
-        </dev/null >"$LOG_DIR/$name.log" 2>&1 &
-    local i
+    # The child records itself in the pids file before exec'ing (so the recorded pid is the
+    # binary itself), not this script after the fact: an `up` interrupted at any point leaves
+    # no process that `down` does not know of.
+    # shellcheck disable=SC2016  # $$, $0 and $1 belong to the inner shell
+    setsid bash -c 'printf "%s %s %s\n" "$1" "$$" "$2" >>"$0"; shift; exec "$@"' \
+        "$PIDS_FILE" "$name" "$exe" "$@" </dev/null >"$LOG_DIR/$name.log" 2>&1 &
+    # Until it is in the pids file, an interrupted `up` stops it by this pid (stop_unless_up).
+    STARTING_PID=$!
+    local i pid=""
     for ((i = 0; i < 50; i++)); do
-        [[ -s "$pidfile" ]] && break
+        pid="$(awk -v n="$name" '$1 == n { p = $2 } END { print p }' "$PIDS_FILE" 2>/dev/null || true)"
+        [[ -n "$pid" ]] && break
         sleep 0.1
     done
-    [[ -s "$pidfile" ]] || die "$name did not start (log: $LOG_DIR/$name.log)"
-    local pid
-    pid="$(<"$pidfile")"
-    rm -f "$pidfile"
-    printf '%s %s %s\n' "$name" "$pid" "$exe" >>"$PIDS_FILE"
+    [[ -n "$pid" ]] || die "$name did not start (log: $LOG_DIR/$name.log)"
+    STARTING_PID=""
     log "started $name (pid $pid, log $LOG_DIR/$name.log)"
 }
 
@@ -233,7 +235,8 @@ api() {
 # Role + RoleBinding for the narrow user: batch jobs (all verbs), read pods and their logs, list
 # and watch events; nothing cluster-scoped, no secrets.
 create_narrow_rbac() {
-    api POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles "$(cat <<EOF
+    local answer
+    answer="$(api POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/roles "$(cat <<EOF
 {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role",
  "metadata":{"name":"$NARROW_USER","namespace":"default"},
  "rules":[
@@ -242,14 +245,14 @@ create_narrow_rbac() {
   {"apiGroups":["","events.k8s.io"],"resources":["events"],"verbs":["list","watch"]}
  ]}
 EOF
-)" >/dev/null || die "cannot create Role $NARROW_USER"
-    api POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings "$(cat <<EOF
+)")" || die "cannot create Role $NARROW_USER: $answer"
+    answer="$(api POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings "$(cat <<EOF
 {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding",
  "metadata":{"name":"$NARROW_USER","namespace":"default"},
  "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"$NARROW_USER"},
  "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"$NARROW_USER"}]}
 EOF
-)" >/dev/null || die "cannot create RoleBinding $NARROW_USER"
+)")" || die "cannot create RoleBinding $NARROW_USER: $answer"
 }
 
 # wait_for <name> <what> <command...>: poll until the command succeeds, the process dies or time runs out
@@ -274,6 +277,14 @@ apiserver_ready() {
 kcm_healthy() { [[ "$(curl -sfk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz")" == ok ]]; }
 # shellcheck disable=SC2317
 default_sa_exists() { api GET /api/v1/namespaces/default/serviceaccounts/default; }
+# /readyz can answer ok before the apiserver's bootstrap controller has created the system
+# namespaces (it does so in its own goroutine, after the post-start hooks report ready): a Role
+# posted into `default` then fails with 404 (namespaces "default" not found), and the worker's
+# cluster uid (the `kube-system` namespace) is not there yet either.
+# shellcheck disable=SC2317
+system_namespaces_exist() {
+    api GET /api/v1/namespaces/default && api GET /api/v1/namespaces/kube-system
+}
 
 # Start kube-apiserver on $API_PORT against etcd on $ETCD_PORT (also used by restart-apiserver,
 # which must give it the same flags).
@@ -303,8 +314,23 @@ start_apiserver() {
 
 # --- commands ----------------------------------------------------------------------------------
 
+UP_DONE=""
+STARTING_PID=""
+stop_unless_up() {
+    [[ -z "$UP_DONE" ]] || return 0
+    trap '' PIPE INT TERM
+    [[ -z "$STARTING_PID" ]] || kill -TERM "$STARTING_PID" 2>/dev/null || true
+    [[ -f "$PIDS_FILE" ]] || return 0
+    log "not up: stopping what was started (logs kept in $LOG_DIR)"
+    stop_all 3
+}
+
 cmd_up() {
     local t0=$SECONDS
+    # Interrupted (Ctrl-C, SIGTERM) or failed before the stack is up: stop what was started so
+    # far rather than leave a half stack running in its own sessions.
+    trap 'exit 130' INT TERM
+    trap 'stop_unless_up' EXIT
     if [[ -n "$(live_processes)" ]]; then
         if cmd_status >/dev/null 2>&1; then
             log "already up"
@@ -375,6 +401,7 @@ cmd_up() {
     start_apiserver
     wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
     log "kube-apiserver ready after $((SECONDS - t0))s"
+    wait_for kube-apiserver "the default and kube-system namespaces" system_namespaces_exist
 
     create_narrow_rbac
 
@@ -411,6 +438,8 @@ PKR_CONTROLLER_MANAGER_PORT=$KCM_PORT
 PKR_CA_FILE=$PKI_DIR/ca.crt
 PKR_BIN_DIR=$BIN_DIR
 EOF
+    UP_DONE=1
+    trap - INT TERM EXIT
     log "up in $((SECONDS - t0))s: etcd :$ETCD_PORT, apiserver :$API_PORT, controller-manager :$KCM_PORT"
     log "kubeconfig (admin):  $KUBECONFIG_ADMIN"
     log "kubeconfig (narrow): $KUBECONFIG_NARROW"
@@ -451,6 +480,8 @@ cmd_restart_apiserver() {
 }
 
 cmd_down() {
+    # A closed stdout must not kill this script between two processes (SIGPIPE): see log().
+    trap '' PIPE
     if [[ ! -f "$PIDS_FILE" ]]; then
         log "not running (no $PIDS_FILE)"
         return 0
