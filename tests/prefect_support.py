@@ -64,9 +64,15 @@ class WorkerProcess:
                 if text in output:
                     return text
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited:\n{output[-3000:]}")
+                raise TestbedError(
+                    f"worker {self.name} exited with {self.process.returncode}; the end of its "
+                    f"output ({self.log}):\n{output[-3000:]}"
+                )
             time.sleep(0.3)
-        raise TimeoutError(f"worker {self.name} printed none of {texts!r}:\n{output[-3000:]}")
+        raise TestbedError(
+            f"worker {self.name} printed none of {texts!r} within {timeout} s; the end of its "
+            f"output ({self.log}):\n{output[-3000:]}"
+        )
 
 
 def postgres_binaries() -> Path:
@@ -213,9 +219,10 @@ class PrefectServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if server.poll() is not None:
-                raise RuntimeError(
-                    "the Prefect server exited while starting:\n"
-                    + (self.workdir / "server.log").read_text(errors="replace")[-3000:]
+                raise TestbedError(
+                    f"the Prefect server exited with {server.returncode} while starting; the "
+                    f"end of its log {self.workdir / 'server.log'}:\n"
+                    + log_tail(self.workdir / "server.log")
                 )
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2):

@@ -191,3 +191,21 @@ def test_the_demo_stops_everything_when_interrupted_with_its_output_gone(
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
     wait_until_none_left(mark)
+
+
+@pytest.mark.cluster
+def test_cluster_up_on_a_running_stack_leaves_it_running(testbed, tmp_path):
+    """`make cluster-up` twice: the second says the stack is up and leaves it as it is."""
+    bed = testbed_support.Testbed(tmp_path / "cluster")
+    try:
+        bed.cluster_script("up")
+        bed.cluster_script("up")
+        assert "already up" in (tmp_path / "cluster" / "cluster-up.log").read_text()
+        status = subprocess.run(
+            [str(CLUSTER_SCRIPT), "status"],
+            env=os.environ | {"PKR_CLUSTER_DIR": str(bed.state_dir)},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout
+    finally:
+        bed.cluster_script("down")

@@ -333,6 +333,7 @@ cmd_up() {
     trap 'stop_unless_up' EXIT
     if [[ -n "$(live_processes)" ]]; then
         if cmd_status >/dev/null 2>&1; then
+            UP_DONE=1 # not ours to stop
             log "already up"
             cmd_status
             return 0
@@ -535,5 +536,6 @@ main() {
     esac
 }
 
-main "$@"
-exit $?
+# One line, read whole before it runs: an edit or checkout of this file while it runs (bash reads
+# a script as it goes) cannot make it run half-shifted text after main returns.
+main "$@"; exit $?
