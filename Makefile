@@ -67,7 +67,7 @@ REPEAT_STARTS ?= 50
 REPEAT_E2E ?= 5
 
 .PHONY: test-repeat
-test-repeat: install testbed ## The once-flaky suites again and again: 50 testbed starts, 5 end-to-end rounds (~50 min)
+test-repeat: install testbed ## The once-flaky suites again and again: 50 testbed starts, 5 end-to-end rounds (~45 min)
 	@if [ "$(REPEAT_STARTS)" -gt 0 ]; then \
 		echo "==> the testbed start, $(REPEAT_STARTS) times while another stack runs"; \
 		$(BIN)/python -m pytest -q --count $(REPEAT_STARTS) \

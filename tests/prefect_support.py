@@ -203,7 +203,9 @@ class PrefectServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         database: dict[str, str] = {}
         if self.database == "postgresql":
-            self.postgres = PostgresServer(self.workdir / "postgres.log").start()
+            # Kept before it starts, so that `stop()` also stops a half-started one.
+            self.postgres = PostgresServer(self.workdir / "postgres.log")
+            self.postgres.start()
             database = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": self.postgres.url}
         elif self.database != "sqlite":
             raise ValueError(f"database must be 'sqlite' or 'postgresql', not {self.database!r}")
