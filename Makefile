@@ -15,7 +15,7 @@ export PATH := $(abspath $(BIN)):$(HOME)/.cargo/bin:$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 unexport CONDA_PREFIX
 
-RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+RUST_SOURCES := $(shell find src core/src -name '*.rs') Cargo.toml core/Cargo.toml Cargo.lock
 PY_SOURCES := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.typed')
 
 .PHONY: help
@@ -91,15 +91,17 @@ test-python: install testbed ## Python tests only
 	$(SOAK_CI) $(BIN)/python -m pytest -q
 
 .PHONY: test-fast
-test-fast: install ## Python tests that need no cluster (templating, parity, install)
-	$(BIN)/python -m pytest -q -m "not cluster"
+test-fast: install ## Rust core and Python unit tests: no cluster, no server, no wheel build (~2 min)
+	cargo test --locked -p prefect-kubernetes-rs-core --quiet
+	$(BIN)/python -m pytest -q -m "not cluster and not slow"
 
 .PHONY: lint
-lint: $(STAMP)-venv install ## rustfmt, clippy -D warnings, ruff, and the _core.pyi stub check
+lint: $(STAMP)-venv install ## rustfmt, clippy -D warnings, ruff, mypy --strict, and the _core.pyi stub check
 	cargo fmt --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	$(BIN)/ruff check python tests bench demo
 	$(BIN)/ruff format --check python tests bench demo
+	$(BIN)/python -m mypy --strict python/prefect_kubernetes_rs
 	$(BIN)/python -m mypy.stubtest prefect_kubernetes_rs._core
 
 .PHONY: fmt

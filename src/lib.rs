@@ -1,19 +1,19 @@
-//! `prefect_kubernetes_rs._core`: the native half of the `kubernetes-rs` Prefect worker.
+//! `prefect_kubernetes_rs._core`: the Python extension of the `kubernetes-rs` Prefect worker.
 //!
-//! This file only registers the module. Each binding converts its arguments, calls one domain
-//! function and converts the result; the logic lives in [`manifest`].
+//! This crate only binds: each binding checks and converts its arguments, calls one function
+//! of the core crate (`prefect-kubernetes-rs-core`) and converts the result. The manifest
+//! bindings are here; the Kubernetes ones in `py_k8s.rs`.
 
 mod interpreter_exit;
-pub mod k8s;
-pub mod manifest;
 mod py_k8s;
 mod py_output;
 mod python_errors;
 
-use manifest::{ManifestError, RunSettings};
+use prefect_kubernetes_rs_core::k8s::{jobs, run};
+use prefect_kubernetes_rs_core::manifest::{self, ManifestError, RunSettings};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use python_errors::{conversion_error, manifest_error};
+use python_errors::{conversion_error, manifest_error, manifest_error_text};
 use serde_json::{Map, Value};
 
 fn to_value(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
@@ -33,6 +33,26 @@ fn to_map(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Map<String, Value>> {
     }
 }
 
+/// The job variables as JSON; a value that cannot be JSON (an integer beyond 64 bits, say) is
+/// refused naming its variable.
+fn job_variables(values: &Bound<'_, PyDict>) -> PyResult<Map<String, Value>> {
+    let mut map = Map::with_capacity(values.len());
+    for (key, value) in values.iter() {
+        let name = key.str()?.to_string();
+        let value = pythonize::depythonize::<Value>(&value).map_err(|error| {
+            manifest_error_text(
+                values.py(),
+                format!(
+                    "job variable {name:?} cannot be used: {error} (numbers must fit in 64 bits); \
+                     set it to a value in the range its work pool schema gives"
+                ),
+            )
+        })?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
 fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
     pythonize::pythonize(py, value).map_err(|error| conversion_error(py, "result", error))
 }
@@ -47,7 +67,7 @@ fn render_template<'py>(
     values: &Bound<'py, PyDict>,
 ) -> PyResult<(Bound<'py, PyAny>, bool)> {
     let template = to_value(template, "the job template")?;
-    let values = to_map(values.as_any(), "the job variables")?;
+    let values = job_variables(values)?;
     match manifest::apply_values(&template, &values, &manifest::ProcessEnvironment) {
         Some(rendered) => Ok((
             to_py(py, &rendered)?,
@@ -70,15 +90,17 @@ fn validate_job_manifest<'py>(
     to_py(py, &job_manifest)
 }
 
-/// Prepares a validated manifest for one flow run; returns `(manifest, env)`.
+/// Prepares a validated manifest for one flow run; returns `(manifest, env)`. `env` is the
+/// environment after Prefect's merge; `env_list` the `env` job variable when it is a list of
+/// Kubernetes entries.
 #[pyfunction]
-#[pyo3(signature = (job_manifest, env, env_references, labels, annotations, name, default_image, api_dns_name=None))]
+#[pyo3(signature = (job_manifest, *, env, env_list, labels, annotations, name, default_image, api_dns_name))]
 #[allow(clippy::too_many_arguments)]
 fn prepare_job_manifest<'py>(
     py: Python<'py>,
     job_manifest: &Bound<'py, PyAny>,
     env: &Bound<'py, PyAny>,
-    env_references: &Bound<'py, PyAny>,
+    env_list: Option<&Bound<'py, PyAny>>,
     labels: &Bound<'py, PyAny>,
     annotations: &Bound<'py, PyAny>,
     name: Option<String>,
@@ -86,10 +108,10 @@ fn prepare_job_manifest<'py>(
     api_dns_name: Option<String>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let mut job_manifest = to_value(job_manifest, "job_manifest")?;
-    let env_references = match to_value(env_references, "env")? {
-        Value::Array(items) => items,
-        Value::Null => Vec::new(),
-        other => {
+    let env_list = match env_list.map(|list| to_value(list, "env")).transpose()? {
+        None => None,
+        Some(Value::Array(items)) => Some(items),
+        Some(other) => {
             return Err(manifest_error(
                 py,
                 ManifestError::NotAMapping {
@@ -101,7 +123,7 @@ fn prepare_job_manifest<'py>(
     };
     let run = RunSettings {
         env: to_map(env, "env")?,
-        env_references,
+        env_list,
         labels: to_map(labels, "labels")?,
         annotations: to_map(annotations, "annotations")?,
         name,
@@ -111,12 +133,6 @@ fn prepare_job_manifest<'py>(
     let env = manifest::prepare_job_manifest(&mut job_manifest, &run)
         .map_err(|error| manifest_error(py, error))?;
     PyTuple::new(py, [to_py(py, &job_manifest)?, to_py(py, &env)?])
-}
-
-/// How many runs this process is following right now.
-#[pyfunction]
-fn active_followers() -> usize {
-    k8s::run::active_followers()
 }
 
 /// The default Job manifest template of the `kubernetes-rs` work pool type.
@@ -131,52 +147,64 @@ fn slugify_name(name: &str) -> Option<String> {
     manifest::slug::slugify_name(name)
 }
 
-/// Slug for a Kubernetes label key (optional prefix, name of at most 63 characters).
-#[pyfunction]
-fn slugify_label_key(key: &str) -> String {
-    manifest::slug::slugify_label_key(key)
-}
-
 /// Slug for a Kubernetes label value (at most 63 characters, case kept).
 #[pyfunction]
 fn slugify_label_value(value: &str) -> String {
     manifest::slug::slugify_label_value(value)
 }
 
-/// Splits a command into words as a POSIX shell would (Python's `shlex.split`).
-#[pyfunction]
-fn split_command(py: Python<'_>, command: &str) -> PyResult<Vec<String>> {
-    manifest::shell_words::split_shell_words(command).map_err(|source| {
-        manifest_error(
-            py,
-            ManifestError::InvalidCommand {
-                command: command.to_owned(),
-                source,
-            },
-        )
-    })
-}
-
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     // Rust's log records (kube-rs, the watchers) go to Python's `logging`, under the Rust
-    // module path (e.g. `prefect_kubernetes_rs._core.k8s.watch`... see pyo3-log).
+    // module path (e.g. `prefect_kubernetes_rs_core::k8s::watch`; see pyo3-log).
     let _ = pyo3_log::try_init();
     interpreter_exit::install_runtime();
     interpreter_exit::register(module)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     module.add_class::<py_k8s::KubernetesClients>()?;
     module.add_class::<py_k8s::ClusterHandle>()?;
-    module.add_class::<py_k8s::RunWatch>()?;
+    module.add_class::<py_k8s::WatchStats>()?;
+    module.add_class::<py_k8s::StartedRun>()?;
     module.add_class::<py_k8s::RunEvents>()?;
+    module.add_class::<py_k8s::RunMessage>()?;
+    module.add_class::<py_k8s::PodPhaseChange>()?;
+    module.add_class::<py_k8s::RunFinished>()?;
+    // The defaults and limits of the job variables and settings, defined once, in the core.
+    let constants: [(&str, u64); 8] = [
+        (
+            "DEFAULT_POD_WATCH_TIMEOUT_SECONDS",
+            run::DEFAULT_POD_WATCH_TIMEOUT_SECONDS,
+        ),
+        ("MAX_WATCH_TIMEOUT_SECONDS", run::MAX_WATCH_TIMEOUT_SECONDS),
+        (
+            "DEFAULT_CREATE_ATTEMPTS",
+            jobs::DEFAULT_CREATE_ATTEMPTS.into(),
+        ),
+        (
+            "DEFAULT_CREATE_DELAY_SECONDS",
+            jobs::DEFAULT_CREATE_DELAY_SECONDS,
+        ),
+        (
+            "DEFAULT_CREATE_JITTER_MIN_SECONDS",
+            jobs::DEFAULT_CREATE_JITTER_MIN_SECONDS,
+        ),
+        (
+            "DEFAULT_CREATE_JITTER_MAX_SECONDS",
+            jobs::DEFAULT_CREATE_JITTER_MAX_SECONDS,
+        ),
+        ("MAX_CREATE_ATTEMPTS", jobs::MAX_CREATE_ATTEMPTS.into()),
+        ("MAX_CREATE_PAUSE_SECONDS", jobs::MAX_CREATE_PAUSE_SECONDS),
+    ];
+    for (name, value) in constants {
+        module.add(name, value)?;
+    }
+    module.add("PREFECT_CONTAINER", manifest::PREFECT_CONTAINER)?;
     module.add_function(wrap_pyfunction!(render_template, module)?)?;
     module.add_function(wrap_pyfunction!(validate_job_manifest, module)?)?;
     module.add_function(wrap_pyfunction!(prepare_job_manifest, module)?)?;
     module.add_function(wrap_pyfunction!(default_job_manifest_template, module)?)?;
     module.add_function(wrap_pyfunction!(slugify_name, module)?)?;
-    module.add_function(wrap_pyfunction!(slugify_label_key, module)?)?;
     module.add_function(wrap_pyfunction!(slugify_label_value, module)?)?;
-    module.add_function(wrap_pyfunction!(split_command, module)?)?;
-    module.add_function(wrap_pyfunction!(active_followers, module)?)?;
+    module.add_function(wrap_pyfunction!(py_k8s::active_followers, module)?)?;
     Ok(())
 }

@@ -1,31 +1,26 @@
-//! Python bindings of the Kubernetes layer: awaitables and an async iterator over a run's events.
+//! Python bindings of the Kubernetes layer: clients, one call that starts a run, its events as
+//! an async iterator of typed batches, and the call that cancels a run.
 //!
-//! Each binding converts its arguments, calls one domain function on the tokio runtime and
-//! converts the result. No Python work happens inside the futures; results are turned into
+//! Each binding checks and converts its arguments, calls one core function on the tokio
+//! runtime and converts the result. No Python work happens inside the futures; results become
 //! Python objects once the GIL is taken back.
 
-use crate::k8s::jobs::{self, CreatedJob, RetryPolicy};
-use crate::k8s::run::{follow_run, FollowOptions, Level, RunEvent};
-use crate::k8s::watch::RunSubscription;
-use crate::k8s::{Cluster, ClusterRegistry, ClusterSource};
 use crate::py_output::log_sink;
-use crate::python_errors::k8s_error;
-use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
+use crate::python_errors::{conversion_error, k8s_error, kill_error, start_error};
+use prefect_kubernetes_rs_core::k8s::jobs::RetryPolicy;
+use prefect_kubernetes_rs_core::k8s::run::{
+    self, kill_run, parse_pid_for, start_run, FollowOptions, Level, RunEvent, RunEventStream,
+    RunRequest, MAX_WATCH_TIMEOUT_SECONDS,
+};
+use prefect_kubernetes_rs_core::k8s::{jobs, Cluster, ClusterRegistry, ClusterSource};
+use prefect_kubernetes_rs_core::manifest::credentials::{CredentialSettings, SecretKeyRef};
+use pyo3::exceptions::{PyStopAsyncIteration, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyList;
 use pyo3_async_runtimes::tokio::future_into_py;
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-
-/// Events handed to Python per `__anext__` at most.
-const EVENTS_PER_BATCH: usize = 64;
-/// How long a batch waits for more events after its first. One watch event often makes
-/// several run events (a phase change and a message) a moment apart; each batch costs an
-/// asyncio wake-up, and a message shown a few milliseconds later costs nobody anything. The
-/// run's end is never held back.
-const EVENT_GATHER_WINDOW: Duration = Duration::from_millis(50);
 
 /// All clients of one worker; closing it stops every shared watcher.
 #[pyclass(frozen, module = "prefect_kubernetes_rs._core")]
@@ -91,30 +86,13 @@ pub struct ClusterHandle {
     cluster: Arc<Cluster>,
 }
 
-fn created_job_dict<'py>(py: Python<'py>, job: &CreatedJob) -> PyResult<Bound<'py, PyDict>> {
-    let dict = PyDict::new(py);
-    dict.set_item("name", &job.name)?;
-    dict.set_item("namespace", &job.namespace)?;
-    dict.set_item("uid", &job.uid)?;
-    dict.set_item("adopted", job.adopted)?;
-    dict.set_item("attempts", job.attempts)?;
-    Ok(dict)
-}
-
-/// A created Job, converted to a dict once the GIL is held.
-struct CreatedJobResult(Option<CreatedJob>);
-
-impl<'py> IntoPyObject<'py> for CreatedJobResult {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        match self.0 {
-            Some(job) => Ok(created_job_dict(py, &job)?.into_any()),
-            None => Ok(py.None().into_bound(py)),
-        }
-    }
+/// The shared watchers of one namespace.
+#[pyclass(frozen, get_all, module = "prefect_kubernetes_rs._core")]
+pub struct WatchStats {
+    job_watches_opened: u64,
+    pod_watches_opened: u64,
+    resyncs: u64,
+    subscribed_runs: usize,
 }
 
 #[pymethods]
@@ -131,227 +109,273 @@ impl ClusterHandle {
         self.cluster.server().to_owned()
     }
 
-    /// Subscribes to the Jobs and pods of a flow run in a namespace (before creating its Job).
-    fn watch_run<'py>(
-        &self,
-        py: Python<'py>,
-        namespace: String,
-        flow_run_id: String,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let cluster = self.cluster.clone();
-        future_into_py(py, async move {
-            let subscription = cluster
-                .namespace(&namespace)
-                .subscribe(&flow_run_id)
-                .await
-                .map_err(k8s_error)?;
-            Ok(RunWatch {
-                cluster,
-                subscription: Mutex::new(Some(subscription)),
-            })
-        })
-    }
-
-    /// Creates a Job from a prepared manifest; returns `{name, namespace, uid, adopted, attempts}`.
-    #[pyo3(signature = (namespace, manifest, flow_run_id, max_attempts=3, delay_seconds=1.0, jitter_min_seconds=0.0, jitter_max_seconds=3.0))]
+    /// Starts a flow run: subscribes to its Job's events, stores the API key in a Secret when
+    /// the settings say so, creates the Job (retrying, adopting one an earlier attempt made),
+    /// names its pid and follows it. Returns a `StartedRun`.
+    #[pyo3(signature = (
+        *, namespace, flow_run_id, manifest, pod_watch_timeout_seconds,
+        job_watch_timeout_seconds, stream_output, create_attempts, create_delay_seconds,
+        create_jitter_min_seconds, create_jitter_max_seconds, cluster_uid,
+        api_key_secret_name, api_key_secret_key, create_api_key_secret_for_pool,
+        api_auth_string_secret_name, api_auth_string_secret_key,
+    ))]
     #[allow(clippy::too_many_arguments)]
-    fn create_job<'py>(
+    fn start_run<'py>(
         &self,
         py: Python<'py>,
         namespace: String,
+        flow_run_id: String,
         manifest: &Bound<'py, PyAny>,
-        flow_run_id: String,
-        max_attempts: u32,
-        delay_seconds: f64,
-        jitter_min_seconds: f64,
-        jitter_max_seconds: f64,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let manifest: Value = pythonize::depythonize(manifest)
-            .map_err(|error| crate::python_errors::conversion_error(py, "job_manifest", error))?;
-        let retry = RetryPolicy {
-            max_attempts,
-            delay: seconds(delay_seconds),
-            jitter_min: seconds(jitter_min_seconds),
-            jitter_max: seconds(jitter_max_seconds.max(jitter_min_seconds)),
-        };
-        let cluster = self.cluster.clone();
-        future_into_py(py, async move {
-            let job = jobs::create_job(&cluster, &namespace, &manifest, &flow_run_id, &retry)
-                .await
-                .map_err(k8s_error)?;
-            Ok(CreatedJobResult(Some(job)))
-        })
-    }
-
-    /// The newest live Job of a flow run, or None.
-    fn find_run_job<'py>(
-        &self,
-        py: Python<'py>,
-        namespace: String,
-        flow_run_id: String,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let cluster = self.cluster.clone();
-        future_into_py(py, async move {
-            let job = jobs::find_run_job(&cluster, &namespace, &flow_run_id)
-                .await
-                .map_err(k8s_error)?;
-            Ok(CreatedJobResult(job))
-        })
-    }
-
-    /// Deletes a Job with Foreground propagation; False when it did not exist.
-    #[pyo3(signature = (namespace, name, grace_seconds=None))]
-    fn delete_job<'py>(
-        &self,
-        py: Python<'py>,
-        namespace: String,
-        name: String,
-        grace_seconds: Option<u32>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let cluster = self.cluster.clone();
-        future_into_py(py, async move {
-            jobs::delete_job(&cluster, &namespace, &name, grace_seconds)
-                .await
-                .map_err(k8s_error)
-        })
-    }
-
-    /// Creates the Secret `name` holding `value` under `key` unless it exists; True when created.
-    fn ensure_secret<'py>(
-        &self,
-        py: Python<'py>,
-        namespace: String,
-        name: String,
-        key: String,
-        value: String,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let cluster = self.cluster.clone();
-        future_into_py(py, async move {
-            jobs::ensure_secret(&cluster, &namespace, &name, &key, &value)
-                .await
-                .map_err(k8s_error)
-        })
-    }
-
-    /// Deletes the Secret `name`; False when it did not exist.
-    fn delete_secret<'py>(
-        &self,
-        py: Python<'py>,
-        namespace: String,
-        name: String,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let cluster = self.cluster.clone();
-        future_into_py(py, async move {
-            jobs::delete_secret(&cluster, &namespace, &name)
-                .await
-                .map_err(k8s_error)
-        })
-    }
-
-    /// `(uid, None)` with the kube-system namespace's uid, or `(None, reason)`; read once.
-    fn cluster_uid<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let cluster = self.cluster.clone();
-        future_into_py(py, async move {
-            Ok(match cluster.uid().await {
-                Ok(uid) => (Some(uid), None),
-                Err(reason) => (None, Some(reason)),
-            })
-        })
-    }
-
-    /// `(uid, None)` or `(None, reason)` if `cluster_uid` was read already, else None.
-    fn known_cluster_uid(&self) -> Option<(Option<String>, Option<String>)> {
-        self.cluster.known_uid().map(|known| match known {
-            Ok(uid) => (Some(uid), None),
-            Err(reason) => (None, Some(reason)),
-        })
-    }
-
-    /// The shared watchers of a namespace: `{job_watches_opened, pod_watches_opened,
-    /// resyncs, subscribed_runs}`.
-    fn watch_stats<'py>(&self, py: Python<'py>, namespace: &str) -> PyResult<Bound<'py, PyDict>> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let watch = self.cluster.namespace(namespace);
-        let (jobs, pods) = watch.stats();
-        let dict = PyDict::new(py);
-        dict.set_item("job_watches_opened", jobs.watches_opened.load(Relaxed))?;
-        dict.set_item("pod_watches_opened", pods.watches_opened.load(Relaxed))?;
-        dict.set_item(
-            "resyncs",
-            jobs.resyncs.load(Relaxed) + pods.resyncs.load(Relaxed),
-        )?;
-        dict.set_item("subscribed_runs", watch.subscribed_runs())?;
-        Ok(dict)
-    }
-}
-
-fn seconds(value: f64) -> Duration {
-    Duration::from_secs_f64(value.max(0.0))
-}
-
-/// A run's subscription to the shared watchers.
-#[pyclass(frozen, module = "prefect_kubernetes_rs._core")]
-pub struct RunWatch {
-    cluster: Arc<Cluster>,
-    subscription: Mutex<Option<RunSubscription>>,
-}
-
-#[pymethods]
-impl RunWatch {
-    /// Follows the Job `job_name` to its end; an async iterator of event batches (lists of
-    /// dicts) whose last event has `kind == "finished"`. Log lines go to the shared printer
-    /// (`py_output`), which has written them all when `finished` arrives.
-    #[pyo3(signature = (job_name, pod_watch_timeout_seconds=60.0, job_watch_timeout_seconds=None, stream_output=true))]
-    fn follow(
-        &self,
-        job_name: String,
         pod_watch_timeout_seconds: f64,
         job_watch_timeout_seconds: Option<f64>,
         stream_output: bool,
-    ) -> PyResult<RunEvents> {
-        let subscription = self
-            .subscription
-            .lock()
-            .expect("subscription lock")
-            .take()
-            .ok_or_else(|| {
-                PyRuntimeError::new_err("this run is already being followed or was closed")
-            })?;
-        let options = FollowOptions {
-            pod_watch_timeout: seconds(pod_watch_timeout_seconds),
-            job_watch_timeout: job_watch_timeout_seconds.map(seconds),
+        create_attempts: i64,
+        create_delay_seconds: f64,
+        create_jitter_min_seconds: f64,
+        create_jitter_max_seconds: f64,
+        cluster_uid: Option<String>,
+        api_key_secret_name: Option<String>,
+        api_key_secret_key: Option<String>,
+        create_api_key_secret_for_pool: Option<String>,
+        api_auth_string_secret_name: Option<String>,
+        api_auth_string_secret_key: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let manifest: Value = pythonize::depythonize(manifest)
+            .map_err(|error| conversion_error(py, "job_manifest", error))?;
+        let watch_limit = MAX_WATCH_TIMEOUT_SECONDS as f64;
+        let pause_limit = jobs::MAX_CREATE_PAUSE_SECONDS as f64;
+        let follow = FollowOptions {
+            pod_watch_timeout: seconds(
+                "pod_watch_timeout_seconds",
+                pod_watch_timeout_seconds,
+                watch_limit,
+            )?,
+            job_watch_timeout: job_watch_timeout_seconds
+                .map(|value| seconds("job_watch_timeout_seconds", value, watch_limit))
+                .transpose()?,
             stream_output,
         };
-        let (run_events, rx) = mpsc::channel(256);
+        let jitter_min = seconds(
+            "create_job_retry.jitter_min_seconds",
+            create_jitter_min_seconds,
+            pause_limit,
+        )?;
+        let create_retry = RetryPolicy {
+            max_attempts: attempts(create_attempts)?,
+            delay: seconds(
+                "create_job_retry.delay_seconds",
+                create_delay_seconds,
+                pause_limit,
+            )?,
+            jitter_min,
+            jitter_max: seconds(
+                "create_job_retry.jitter_max_seconds",
+                create_jitter_max_seconds,
+                pause_limit,
+            )?
+            .max(jitter_min),
+        };
+        let credentials = CredentialSettings {
+            api_key_secret: api_key_secret_name
+                .filter(|name| !name.is_empty())
+                .map(|name| SecretKeyRef {
+                    name,
+                    key: api_key_secret_key
+                        .filter(|key| !key.is_empty())
+                        .unwrap_or_else(|| {
+                            prefect_kubernetes_rs_core::manifest::credentials::DEFAULT_SECRET_KEY
+                                .into()
+                        }),
+                }),
+            create_api_key_secret_for_pool,
+            auth_string_secret: match (api_auth_string_secret_name, api_auth_string_secret_key) {
+                (Some(name), Some(key)) if !name.is_empty() && !key.is_empty() => {
+                    Some(SecretKeyRef { name, key })
+                }
+                _ => None,
+            },
+        };
+        let request = RunRequest {
+            namespace,
+            flow_run_id,
+            manifest,
+            credentials,
+            create_retry,
+            cluster_uid,
+            follow,
+        };
+        let sink = log_sink()?;
         let cluster = self.cluster.clone();
-        let task = pyo3_async_runtimes::tokio::get_runtime().spawn(follow_run(
-            cluster,
-            subscription,
-            job_name,
-            options,
-            run_events,
-            log_sink(),
-        ));
-        Ok(RunEvents {
-            receiver: Arc::new(tokio::sync::Mutex::new(rx)),
-            task,
+        future_into_py(py, async move {
+            let started = start_run(cluster, request, sink)
+                .await
+                .map_err(start_error)?;
+            Ok(StartedRun {
+                job_name: started.job.name,
+                namespace: started.job.namespace,
+                uid: started.job.uid,
+                adopted: started.job.adopted,
+                attempts: started.job.attempts,
+                pid: started.pid.to_string(),
+                cluster_uid_unknown: started.cluster_uid_unknown,
+                warnings: started.warnings,
+                events: Arc::new(started.events),
+            })
         })
     }
 
-    /// Drops the subscription without following (e.g. the create call failed).
-    fn close(&self) {
-        self.subscription.lock().expect("subscription lock").take();
+    /// Deletes the Job of the infrastructure pid `pid` (Foreground, `grace_seconds` for its
+    /// pods) after checking that it lives in `namespace` on this cluster; returns the Job's
+    /// `(namespace, name)`.
+    #[pyo3(signature = (pid, *, namespace, grace_seconds, cluster_uid))]
+    fn kill_run<'py>(
+        &self,
+        py: Python<'py>,
+        pid: &str,
+        namespace: &str,
+        grace_seconds: Option<i64>,
+        cluster_uid: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pid = parse_pid_for(pid, namespace).map_err(kill_error)?;
+        let grace_seconds = grace_seconds
+            .map(|grace| {
+                u32::try_from(grace).map_err(|_| {
+                    PyValueError::new_err(format!(
+                        "grace_seconds must be a whole number of seconds from 0 to {}, got {grace}",
+                        u32::MAX
+                    ))
+                })
+            })
+            .transpose()?;
+        let cluster = self.cluster.clone();
+        future_into_py(py, async move {
+            kill_run(&cluster, &pid, grace_seconds, cluster_uid.as_deref())
+                .await
+                .map_err(kill_error)?;
+            Ok((pid.namespace, pid.job_name))
+        })
     }
+
+    /// `(namespace, name)` of the API-key Secrets this process created on this cluster.
+    fn created_secrets(&self) -> Vec<(String, String)> {
+        self.cluster.created_secrets().names()
+    }
+
+    /// The shared watchers of a namespace, or None when nothing watches it (this starts none).
+    fn watch_stats(&self, namespace: &str) -> Option<WatchStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let watch = self.cluster.watched_namespace(namespace)?;
+        let (jobs, pods) = watch.stats();
+        Some(WatchStats {
+            job_watches_opened: jobs.watches_opened.load(Relaxed),
+            pod_watches_opened: pods.watches_opened.load(Relaxed),
+            resyncs: jobs.resyncs.load(Relaxed) + pods.resyncs.load(Relaxed),
+            subscribed_runs: watch.subscribed_runs(),
+        })
+    }
+}
+
+/// `value` seconds as a Duration, or a ValueError naming `name` and the accepted range.
+fn seconds(name: &str, value: f64, max: f64) -> PyResult<Duration> {
+    if !(0.0..=max).contains(&value) {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a number of seconds from 0 to {max}, got {value}"
+        )));
+    }
+    Duration::try_from_secs_f64(value).map_err(|error| {
+        PyValueError::new_err(format!(
+            "{name} cannot be used as a duration ({value}): {error}"
+        ))
+    })
+}
+
+fn attempts(value: i64) -> PyResult<u32> {
+    let max = jobs::MAX_CREATE_ATTEMPTS;
+    u32::try_from(value)
+        .ok()
+        .filter(|attempts| (1..=max).contains(attempts))
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "create_job_retry.max_retries must be from 1 to {max}, got {value}"
+            ))
+        })
+}
+
+/// A run whose Job exists and is being followed.
+#[pyclass(frozen, module = "prefect_kubernetes_rs._core")]
+pub struct StartedRun {
+    /// The Job's name.
+    #[pyo3(get)]
+    job_name: String,
+    /// The Job's namespace.
+    #[pyo3(get)]
+    namespace: String,
+    /// The Job's uid.
+    #[pyo3(get)]
+    uid: String,
+    /// An earlier attempt had created the Job; this one found it.
+    #[pyo3(get)]
+    adopted: bool,
+    /// Create calls made.
+    #[pyo3(get)]
+    attempts: u32,
+    /// The infrastructure pid for Prefect.
+    #[pyo3(get)]
+    pid: String,
+    /// Why the pid has no cluster uid, when it has none.
+    #[pyo3(get)]
+    cluster_uid_unknown: Option<String>,
+    /// Warnings for the flow run's log.
+    #[pyo3(get)]
+    warnings: Vec<String>,
+    events: Arc<RunEventStream>,
+}
+
+#[pymethods]
+impl StartedRun {
+    /// The run's events: an async iterator of batches; the last event is a `RunFinished`.
+    #[getter]
+    fn events(&self) -> RunEvents {
+        RunEvents {
+            stream: self.events.clone(),
+        }
+    }
+}
+
+/// A message for the flow run's log.
+#[pyclass(frozen, get_all, module = "prefect_kubernetes_rs._core")]
+pub struct RunMessage {
+    /// `info`, `warning` or `error`.
+    level: &'static str,
+    /// The text.
+    text: String,
+}
+
+/// A pod of the run changed phase.
+#[pyclass(frozen, get_all, module = "prefect_kubernetes_rs._core")]
+pub struct PodPhaseChange {
+    name: String,
+    uid: String,
+    phase: String,
+    evicted: bool,
+    reason: Option<String>,
+}
+
+/// The run's end: the flow container's exit code (-1 when there is none) and what happened.
+#[pyclass(frozen, get_all, module = "prefect_kubernetes_rs._core")]
+pub struct RunFinished {
+    exit_code: i32,
+    message: Option<String>,
+    evicted: bool,
 }
 
 /// The events of one followed run, as an async iterator of batches.
 #[pyclass(frozen, module = "prefect_kubernetes_rs._core")]
 pub struct RunEvents {
-    receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<RunEvent>>>,
-    task: tokio::task::JoinHandle<()>,
+    stream: Arc<RunEventStream>,
 }
 
-/// A batch of events, converted to dicts once the GIL is held.
+/// A batch of events, converted once the GIL is held.
 struct EventBatch(Vec<RunEvent>);
 
 impl<'py> IntoPyObject<'py> for EventBatch {
@@ -362,36 +386,28 @@ impl<'py> IntoPyObject<'py> for EventBatch {
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
         let list = PyList::empty(py);
         for event in self.0 {
-            let dict = PyDict::new(py);
             match event {
-                RunEvent::Message(level, text) => {
-                    dict.set_item("kind", "message")?;
-                    dict.set_item(
-                        "level",
-                        match level {
-                            Level::Info => "info",
-                            Level::Warning => "warning",
-                            Level::Error => "error",
-                        },
-                    )?;
-                    dict.set_item("text", text)?;
-                }
-                RunEvent::Pod(change) => {
-                    dict.set_item("kind", "pod")?;
-                    dict.set_item("name", change.name)?;
-                    dict.set_item("uid", change.uid)?;
-                    dict.set_item("phase", change.phase)?;
-                    dict.set_item("evicted", change.evicted)?;
-                    dict.set_item("reason", change.reason)?;
-                }
-                RunEvent::Finished(outcome) => {
-                    dict.set_item("kind", "finished")?;
-                    dict.set_item("exit_code", outcome.exit_code)?;
-                    dict.set_item("message", outcome.message)?;
-                    dict.set_item("evicted", outcome.evicted)?;
-                }
+                RunEvent::Message(level, text) => list.append(RunMessage {
+                    level: match level {
+                        Level::Info => "info",
+                        Level::Warning => "warning",
+                        Level::Error => "error",
+                    },
+                    text,
+                })?,
+                RunEvent::Pod(change) => list.append(PodPhaseChange {
+                    name: change.name,
+                    uid: change.uid,
+                    phase: change.phase,
+                    evicted: change.evicted,
+                    reason: change.reason,
+                })?,
+                RunEvent::Finished(outcome) => list.append(RunFinished {
+                    exit_code: outcome.exit_code,
+                    message: outcome.message,
+                    evicted: outcome.evicted,
+                })?,
             }
-            list.append(dict)?;
         }
         Ok(list)
     }
@@ -404,36 +420,25 @@ impl RunEvents {
     }
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let receiver = self.receiver.clone();
+        let stream = self.stream.clone();
         future_into_py(py, async move {
-            let mut receiver = receiver.lock().await;
-            let Some(first) = receiver.recv().await else {
-                return Err(PyStopAsyncIteration::new_err(()));
-            };
-            let mut batch = vec![first];
-            let gather_until = tokio::time::Instant::now() + EVENT_GATHER_WINDOW;
-            while batch.len() < EVENTS_PER_BATCH
-                && !matches!(batch.last(), Some(RunEvent::Finished(_)))
-            {
-                match tokio::time::timeout_at(gather_until, receiver.recv()).await {
-                    Ok(Some(event)) => batch.push(event),
-                    Ok(None) | Err(_) => break,
-                }
+            match stream.next_batch().await {
+                Some(batch) => Ok(EventBatch(batch)),
+                None => Err(PyStopAsyncIteration::new_err(())),
             }
-            Ok(EventBatch(batch))
         })
     }
 
     /// Stops following; the Job is left as it is.
     fn close(&self) {
-        self.task.abort();
+        self.stream.close();
     }
 }
 
-impl Drop for RunEvents {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// How many runs this process is following right now.
+#[pyfunction]
+pub fn active_followers() -> usize {
+    run::active_followers()
 }
 
 /// Where a cluster's configuration comes from: a kubeconfig (dict) and context, or, without
@@ -445,9 +450,8 @@ fn cluster_source(
 ) -> PyResult<ClusterSource> {
     Ok(match kubeconfig {
         Some(config) if !config.is_none() => ClusterSource::Kubeconfig {
-            config: pythonize::depythonize::<Value>(config).map_err(|error| {
-                crate::python_errors::conversion_error(py, "cluster_config", error)
-            })?,
+            config: pythonize::depythonize::<Value>(config)
+                .map_err(|error| conversion_error(py, "cluster_config", error))?,
             context,
         },
         _ => ClusterSource::Automatic,

@@ -24,7 +24,7 @@ from test_lifecycle import (  # the lifecycle tests' way of driving a run, share
     scripted,
 )
 
-from prefect_kubernetes_rs.exceptions import KubernetesApiError, ManifestError
+from prefect_kubernetes_rs.exceptions import ManifestError
 from prefect_kubernetes_rs.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
 TEMPLATE = KubernetesWorker.get_default_base_job_template()
@@ -371,33 +371,5 @@ async def test_a_token_without_rights_for_secrets_gets_an_rbac_hint(testbed, mon
 # --- the worker's wording for refusals (units) ----------------------------------------------
 
 
-def api_error(status_code: int, reason: str, api_message: str) -> KubernetesApiError:
-    error = KubernetesApiError(f"{reason}: {api_message}")
-    error.status_code, error.reason, error.api_message = status_code, reason, api_message
-    return error
-
-
-async def test_refusals_get_the_hint_for_their_cause():
-    from prefect_kubernetes_rs.worker import _creation_failure, _secret_failure
-
-    small = await render({})
-    large = await render({"env": {f"VAR_{i}": "x" * 1024 for i in range(1200)}})
-    source = "the work pool's cluster_config block"
-    unauthorized = _creation_failure(api_error(401, "Unauthorized", "Unauthorized"), small, source)
-    assert unauthorized.endswith(
-        "Hint: The API server did not accept the credentials from the work pool's "
-        "cluster_config block: renew the token or certificate of its user, or fix its auth "
-        "settings."
-    )
-    invalid = api_error(422, "Invalid", 'Job.batch "x" is invalid')
-    assert _creation_failure(invalid, small, source) == (
-        'Unable to create Kubernetes job: Invalid: Job.batch "x" is invalid'
-    )
-    assert "Hint: The Job manifest is 1.2 MiB" in _creation_failure(invalid, large, source)
-
-    forbidden = api_error(403, "Forbidden", 'secrets "s" is forbidden')
-    assert "needs create on secrets there" in _secret_failure(forbidden, "s", "d")
-    other = api_error(500, "InternalError", "boom")
-    assert _secret_failure(other, "s", "d") == (
-        "Unable to store the Prefect API key in Secret 's' in namespace 'd': InternalError: boom"
-    )
+# `test_refusals_get_the_hint_for_their_cause` moved to the core with the messages it checks:
+# core/src/k8s/run/start.rs, same name, same assertions.

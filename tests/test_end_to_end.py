@@ -369,6 +369,41 @@ async def test_pool_with_a_template_copied_from_a_kubernetes_pool_runs_flows_unc
         stack.stop_worker(pool_worker)
 
 
+HUGE_TIMEOUT = 10_000_000_000_000_000_000  # once panicked the core: overflow of an Instant
+
+
+async def test_an_out_of_range_timeout_is_refused_by_the_server_naming_the_variable(stack):
+    """Our pool's schema bounds the timeouts, so Prefect's server refuses the deployment."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with pytest.raises(PrefectHTTPStatusError) as refused:
+        await stack.deploy(
+            FLOWS, "flows.py:numbered_lines", POOL, {"pod_watch_timeout_seconds": HUGE_TIMEOUT}
+        )
+    assert refused.value.response.status_code == 422
+    assert "pod_watch_timeout_seconds" in refused.value.response.text
+
+
+async def test_an_out_of_range_timeout_in_a_copied_pool_fails_the_run_naming_it(
+    stack, testbed, namespace
+):
+    """A pool copied from a `kubernetes` pool has no bounds: the worker refuses the run with
+    the variable's name, and no panic reaches its output."""
+    pool = f"unbounded-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(pool, kubernetes_pool_template())
+    pool_worker = stack.start_worker(pool, kubeconfig=testbed.kubeconfig)
+    try:
+        flow_run = await deploy_and_run(
+            stack, "numbered_lines", pool=pool, namespace=namespace,
+            pod_watch_timeout_seconds=HUGE_TIMEOUT,
+        )  # fmt: skip
+        pool_worker.wait_for_output("pod_watch_timeout_seconds")
+        assert "panicked" not in pool_worker.output()
+        assert objects(testbed, "jobs", namespace, flow_run.id) == [], "no Job was created"
+    finally:
+        stack.stop_worker(pool_worker)
+
+
 async def test_cluster_config_block_reaches_the_cluster_without_any_kubeconfig_in_the_worker(
     stack, testbed, namespace
 ):

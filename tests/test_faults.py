@@ -52,7 +52,14 @@ async def watch_stats(worker, cluster_config) -> dict:
     cluster = await worker._kubernetes.connect(
         cluster_config["config"], cluster_config["context_name"]
     )
-    return cluster.watch_stats("default")
+    stats = cluster.watch_stats("default")
+    assert stats is not None, "the runs started the namespace's watchers"
+    return {
+        "job_watches_opened": stats.job_watches_opened,
+        "pod_watches_opened": stats.pod_watches_opened,
+        "resyncs": stats.resyncs,
+        "subscribed_runs": stats.subscribed_runs,
+    }
 
 
 # --- the API server ---------------------------------------------------------------------------
@@ -417,7 +424,20 @@ from prefect_kubernetes_rs import _core
 async def main():
     cluster = await _core.KubernetesClients().connect(json.loads(sys.argv[1]), None)
     for n in range(30):
-        await cluster.watch_run(f"exit-{n}", f"run-{n}")
+        # Each start watches its namespace, then the Job is refused (no such namespace): the
+        # namespace's watchers stay, reconnecting.
+        try:
+            await cluster.start_run(
+                namespace=f"exit-{n}", flow_run_id=f"run-{n}", manifest={"kind": "Job"},
+                pod_watch_timeout_seconds=60.0, job_watch_timeout_seconds=None,
+                stream_output=True, create_attempts=1, create_delay_seconds=0.0,
+                create_jitter_min_seconds=0.0, create_jitter_max_seconds=0.0, cluster_uid=None,
+                api_key_secret_name=None, api_key_secret_key=None,
+                create_api_key_secret_for_pool=None, api_auth_string_secret_name=None,
+                api_auth_string_secret_key=None,
+            )
+        except Exception:
+            pass
     await asyncio.sleep(float(sys.argv[2]))
 
 asyncio.run(main())

@@ -20,7 +20,8 @@ from testbed_support import run_checked
 
 from prefect_kubernetes_rs.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
-pytestmark = pytest.mark.timeout(900)
+# Builds the wheel and starts Prefect servers: left out of `make test-fast`.
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -375,7 +375,7 @@ async def test_a_410_mid_watch_does_not_end_the_run(testbed):
                 worker, proxied, annotations=scripted(run_seconds=3, exit_code=4)
             )
             cluster = await worker._kubernetes.connect(proxied["config"], proxied["context_name"])
-            assert cluster.watch_stats("default")["resyncs"] >= 1, "the 410 forced a resync"
+            assert cluster.watch_stats("default").resyncs >= 1, "the 410 forced a resync"
         assert result.status_code == 4
     finally:
         testbed.proxy("DELETE", f"/rules/{rule}")
@@ -451,7 +451,7 @@ async def test_cancelling_a_run_leaves_nothing_behind_and_keeps_the_job(
     assert _core.active_followers() == 0
     config, context = cluster_config["config"], cluster_config["context_name"]
     cluster = await worker._kubernetes.connect(config, context)
-    assert cluster.watch_stats("default")["subscribed_runs"] == 0
+    assert cluster.watch_stats("default").subscribed_runs == 0
     (job,) = jobs_of(testbed, flow_run)
     assert job["metadata"].get("deletionTimestamp") is None
     testbed.kubectl(

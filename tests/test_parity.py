@@ -291,12 +291,27 @@ async def test_generated_corpus_matches(seed: int, run: Run, no_api_client) -> N
     assert_same(ours, theirs)
 
 
+BOUNDED_VARIABLES = ("job_watch_timeout_seconds", "pod_watch_timeout_seconds")
+
+
+def without_our_bounds(name: str, schema: dict) -> dict:
+    """The schema of a variable without the range we add to the timeouts (the oracle has none;
+    see `test_difference_timeouts_have_a_range_the_server_enforces`)."""
+    if name not in BOUNDED_VARIABLES:
+        return schema
+    schema = copy.deepcopy(schema)
+    for part in [schema, *schema.get("anyOf", [])]:
+        part.pop("minimum", None)
+        part.pop("maximum", None)
+    return schema
+
+
 def test_default_template_matches_prefect_kubernetes() -> None:
     assert OUR_TEMPLATE["job_configuration"] == ORACLE_TEMPLATE["job_configuration"]
     ours, theirs = OUR_TEMPLATE["variables"], ORACLE_TEMPLATE["variables"]
     assert list(ours["properties"]) == list(theirs["properties"])
     for name, schema in theirs["properties"].items():
-        mine = ours["properties"][name]
+        mine = without_our_bounds(name, ours["properties"][name])
         for key in ("type", "default", "anyOf", "enum", "minimum", "items", "additionalProperties"):
             assert mine.get(key) == schema.get(key), (name, key)
     assert (
@@ -306,6 +321,18 @@ def test_default_template_matches_prefect_kubernetes() -> None:
 
 
 # --- Deliberate differences, each asserted ------------------------------------------------
+
+
+def test_difference_timeouts_have_a_range_the_server_enforces() -> None:
+    """The oracle's timeouts take any integer; a huge one once panicked our core. Ours carry
+    `minimum` 0 and `maximum` ten years, so Prefect's server refuses a deployment whose value
+    is out of range and names the variable."""
+    for name in BOUNDED_VARIABLES:
+        schema = OUR_TEMPLATE["variables"]["properties"][name]
+        integer = next(
+            (part for part in schema.get("anyOf", []) if part.get("type") == "integer"), schema
+        )
+        assert (integer["minimum"], integer["maximum"]) == (0, 10 * 365 * 24 * 3600), name
 
 
 async def test_difference_sidecar_first_edits_the_prefect_container(run: Run, no_api_client):

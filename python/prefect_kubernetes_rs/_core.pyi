@@ -6,26 +6,49 @@ a `ValueError`.
 """
 
 from collections.abc import Awaitable
-from typing import Any, final
+from typing import Any, Final, Literal, final
 
 __all__ = [
+    "DEFAULT_CREATE_ATTEMPTS",
+    "DEFAULT_CREATE_DELAY_SECONDS",
+    "DEFAULT_CREATE_JITTER_MAX_SECONDS",
+    "DEFAULT_CREATE_JITTER_MIN_SECONDS",
+    "DEFAULT_POD_WATCH_TIMEOUT_SECONDS",
+    "MAX_CREATE_ATTEMPTS",
+    "MAX_CREATE_PAUSE_SECONDS",
+    "MAX_WATCH_TIMEOUT_SECONDS",
+    "PREFECT_CONTAINER",
     "ClusterHandle",
     "KubernetesClients",
+    "PodPhaseChange",
     "RunEvents",
-    "RunWatch",
+    "RunFinished",
+    "RunMessage",
+    "StartedRun",
+    "WatchStats",
     "__version__",
     "active_followers",
     "default_job_manifest_template",
     "prepare_job_manifest",
     "render_template",
-    "slugify_label_key",
     "slugify_label_value",
     "slugify_name",
-    "split_command",
     "validate_job_manifest",
 ]
 
 __version__: str
+
+# Defaults and limits of the job variables and settings, defined once in the core.
+DEFAULT_POD_WATCH_TIMEOUT_SECONDS: Final[int]
+MAX_WATCH_TIMEOUT_SECONDS: Final[int]
+DEFAULT_CREATE_ATTEMPTS: Final[int]
+DEFAULT_CREATE_DELAY_SECONDS: Final[int]
+DEFAULT_CREATE_JITTER_MIN_SECONDS: Final[int]
+DEFAULT_CREATE_JITTER_MAX_SECONDS: Final[int]
+MAX_CREATE_ATTEMPTS: Final[int]
+MAX_CREATE_PAUSE_SECONDS: Final[int]
+# The container the flow runs in.
+PREFECT_CONTAINER: Final[str]
 
 def render_template(template: Any, values: dict[str, Any]) -> tuple[Any, bool]:
     """Render `template` with `values` by Prefect's `{{ placeholder }}` rules; return
@@ -51,60 +74,49 @@ def validate_job_manifest(job_manifest: Any, namespace: str) -> dict[str, Any]:
 
 def prepare_job_manifest(
     job_manifest: Any,
+    *,
     env: dict[str, Any],
-    env_references: list[dict[str, Any]],
+    env_list: list[dict[str, Any]] | None,
     labels: dict[str, Any],
     annotations: dict[str, Any],
     name: str | None,
     default_image: str,
-    api_dns_name: str | None = None,
+    api_dns_name: str | None,
 ) -> tuple[dict[str, Any], dict[str, Any] | list[dict[str, Any]]]:
-    """Prepare a validated manifest for one flow run; return `(manifest, env)`.
+    """Fill a validated manifest in for one flow run; return `(manifest, env)`.
 
-    Sets the `prefect-job` container's env (Prefect's values win over hard-coded entries,
-    `valueFrom` entries kept after the plain ones, the SIGTERM behaviour for evictions), image,
-    args (the command as POSIX shell words) and the Job's generateName; slugifies and copies
-    labels and annotations onto the Job and its pod. `env` comes back as a mapping, or as a
-    list of entries when `env_references` is not empty.
+    `env` is the environment after Prefect's merge; `env_list` the `env` job variable when it
+    is a list of Kubernetes entries (its plain values join `env`, its `valueFrom` entries
+    follow). The returned env is a mapping, or a list when `valueFrom` entries are present.
     """
 
 def default_job_manifest_template() -> dict[str, Any]:
-    """The Job manifest template of the `kubernetes-rs` work pool type."""
+    """The default Job manifest template of the `kubernetes-rs` work pool type."""
 
 def slugify_name(name: str) -> str | None:
-    """A lowercase slug of at most 45 characters for a Job's generateName, or None if empty."""
-
-def slugify_label_key(key: str) -> str:
-    """A label key slug: optional prefix (at most 253) and name (at most 63), case kept."""
+    """Slug for a Job's generateName stem (lowercase, at most 45 characters), or None."""
 
 def slugify_label_value(value: str) -> str:
-    """A label value slug of at most 63 characters, case kept."""
+    """Slug for a Kubernetes label value (at most 63 characters, case kept)."""
 
 def active_followers() -> int:
     """How many runs this process is following right now."""
 
-def split_command(command: str) -> list[str]:
-    """Split `command` into words as a POSIX shell does (Python's `shlex.split`)."""
-
 @final
 class KubernetesClients:
-    """The Kubernetes clients of one worker: one per distinct cluster configuration, kept for
-    the worker's lifetime, with the shared job and pod watchers of each namespace."""
+    """All clients of one worker; closing it stops every shared watcher."""
 
-    def __new__(cls) -> KubernetesClients: ...
+    def __init__(self) -> None: ...
     def connect(
         self, kubeconfig: dict[str, Any] | None = None, context: str | None = None
     ) -> Awaitable[ClusterHandle]:
-        """The cluster of a kubeconfig and context; without one, the in-cluster service account
-        else the default kubeconfig. Raises ClusterConfigError naming the source."""
-
+        """Connect to a kubeconfig's cluster (or in-cluster / the default kubeconfig)."""
     def connected(
         self, kubeconfig: dict[str, Any] | None = None, context: str | None = None
     ) -> ClusterHandle | None:
-        """The cluster of this kubeconfig and context if it is connected already, else None."""
-
+        """The cluster if it is connected already, else None."""
     def close(self) -> Awaitable[None]:
-        """Stop every watcher and forget every client."""
+        """Stop every watcher and forget the clients."""
 
 @final
 class ClusterHandle:
@@ -113,77 +125,137 @@ class ClusterHandle:
     @property
     def source_name(self) -> str:
         """Where the configuration came from."""
-
     @property
     def server(self) -> str:
         """The API server's URL."""
-
-    def watch_run(self, namespace: str, flow_run_id: str) -> Awaitable[RunWatch]:
-        """Subscribe to a flow run's Jobs and pods (before creating its Job)."""
-
-    def create_job(
+    def start_run(
         self,
+        *,
         namespace: str,
-        manifest: dict[str, Any],
         flow_run_id: str,
-        max_attempts: int = 3,
-        delay_seconds: float = 1.0,
-        jitter_min_seconds: float = 0.0,
-        jitter_max_seconds: float = 3.0,
-    ) -> Awaitable[dict[str, Any]]:
-        """Create the Job (retrying only this call; adopting a Job an ambiguous attempt made);
-        returns `{name, namespace, uid, adopted, attempts}`. Raises KubernetesApiError or
-        ClusterUnreachableError."""
+        manifest: dict[str, Any],
+        pod_watch_timeout_seconds: float,
+        job_watch_timeout_seconds: float | None,
+        stream_output: bool,
+        create_attempts: int,
+        create_delay_seconds: float,
+        create_jitter_min_seconds: float,
+        create_jitter_max_seconds: float,
+        cluster_uid: str | None,
+        api_key_secret_name: str | None,
+        api_key_secret_key: str | None,
+        create_api_key_secret_for_pool: str | None,
+        api_auth_string_secret_name: str | None,
+        api_auth_string_secret_key: str | None,
+    ) -> Awaitable[StartedRun]:
+        """Start a flow run: subscribe to its Job's events, store the API key in a Secret when
+        asked, create the Job (retrying, adopting one an earlier attempt made), follow it.
 
-    def find_run_job(self, namespace: str, flow_run_id: str) -> Awaitable[dict[str, Any] | None]:
-        """The newest live Job of a flow run."""
+        Raises ValueError naming the argument for a number out of range, KubernetesApiError
+        when the API refused (the message says what and why, with a hint), and
+        ClusterUnreachableError when the API server did not answer.
+        """
+    def kill_run(
+        self,
+        pid: str,
+        *,
+        namespace: str,
+        grace_seconds: int | None,
+        cluster_uid: str | None,
+    ) -> Awaitable[tuple[str, str]]:
+        """Delete the Job of an infrastructure pid; return its `(namespace, name)`.
 
-    def delete_job(
-        self, namespace: str, name: str, grace_seconds: int | None = None
-    ) -> Awaitable[bool]:
-        """Delete a Job with Foreground propagation; False when it did not exist."""
-
-    def ensure_secret(self, namespace: str, name: str, key: str, value: str) -> Awaitable[bool]:
-        """Create the Secret `name` with `value` under `key` unless it exists; True if created."""
-
-    def delete_secret(self, namespace: str, name: str) -> Awaitable[bool]:
-        """Delete the Secret `name`; False when it did not exist."""
-
-    def cluster_uid(self) -> Awaitable[tuple[str | None, str | None]]:
-        """`(uid, None)` of the kube-system namespace, or `(None, reason)`; read once."""
-
-    def known_cluster_uid(self) -> tuple[str | None, str | None] | None:
-        """What `cluster_uid` returned, without an await, once it was read; else None."""
-
-    def watch_stats(self, namespace: str) -> dict[str, int]:
-        """The shared watchers of a namespace: `job_watches_opened`, `pod_watches_opened`,
-        `resyncs`, `subscribed_runs`."""
+        Raises InvalidPidError, JobElsewhereError (another namespace or cluster),
+        JobNotFoundError, KubernetesApiError or ClusterUnreachableError.
+        """
+    def created_secrets(self) -> list[tuple[str, str]]:
+        """`(namespace, name)` of the API-key Secrets this process created on this cluster."""
+    def watch_stats(self, namespace: str) -> WatchStats | None:
+        """The shared watchers of a namespace, or None when nothing watches it."""
 
 @final
-class RunWatch:
-    """A run's subscription to the shared watchers."""
+class WatchStats:
+    """Counters of one namespace's shared watchers."""
 
-    def follow(
-        self,
-        job_name: str,
-        pod_watch_timeout_seconds: float = 60.0,
-        job_watch_timeout_seconds: float | None = None,
-        stream_output: bool = True,
-    ) -> RunEvents:
-        """Follow the Job to its end. With `stream_output`, the container's log lines are
-        printed on `sys.stdout` (one printer thread for all runs, batched), all of them before
-        the `finished` event arrives."""
+    @property
+    def job_watches_opened(self) -> int: ...
+    @property
+    def pod_watches_opened(self) -> int: ...
+    @property
+    def resyncs(self) -> int: ...
+    @property
+    def subscribed_runs(self) -> int: ...
 
-    def close(self) -> None:
-        """Drop the subscription without following."""
+@final
+class StartedRun:
+    """A run whose Job exists and is being followed."""
+
+    @property
+    def job_name(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def adopted(self) -> bool:
+        """An earlier attempt had created the Job; this one found it."""
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def pid(self) -> str:
+        """`<cluster uid>:<namespace>:<job>`, or `<namespace>:<job>` without a cluster uid."""
+    @property
+    def cluster_uid_unknown(self) -> str | None:
+        """Why the pid has no cluster uid, when it has none."""
+    @property
+    def warnings(self) -> list[str]:
+        """Warnings for the flow run's log."""
+    @property
+    def events(self) -> RunEvents:
+        """The run's events."""
+
+@final
+class RunMessage:
+    """A message for the flow run's log."""
+
+    @property
+    def level(self) -> Literal["info", "warning", "error"]: ...
+    @property
+    def text(self) -> str: ...
+
+@final
+class PodPhaseChange:
+    """A pod of the run changed phase."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def evicted(self) -> bool: ...
+    @property
+    def reason(self) -> str | None: ...
+
+@final
+class RunFinished:
+    """The run's end: the flow container's exit code (-1 when there is none)."""
+
+    @property
+    def exit_code(self) -> int: ...
+    @property
+    def message(self) -> str | None: ...
+    @property
+    def evicted(self) -> bool: ...
 
 @final
 class RunEvents:
-    """Async iterator of event batches: lists of dicts with `kind` `message` (`level`,
-    `text`), `pod` (`name`, `uid`, `phase`, `evicted`, `reason`) or `finished` (`exit_code`,
-    `message`, `evicted`), the last."""
+    """The events of one followed run: an async iterator of batches; the last event of the
+    last batch is a RunFinished. The flow's log lines are printed by the core, all of them
+    before RunFinished arrives."""
 
     def __aiter__(self) -> RunEvents: ...
-    def __anext__(self) -> Awaitable[list[dict[str, Any]]]: ...
+    def __anext__(self) -> Awaitable[list[RunMessage | PodPhaseChange | RunFinished]]: ...
     def close(self) -> None:
         """Stop following; the Job is left as it is."""

@@ -35,3 +35,16 @@ class KubernetesApiError(KubernetesRsError):
     status_code: int | None = None
     reason: str | None = None
     api_message: str | None = None
+
+
+class InvalidPidError(KubernetesRsError, ValueError):
+    """An infrastructure pid that is neither `<cluster uid>:<namespace>:<job>` nor
+    `<namespace>:<job>`."""
+
+
+class JobElsewhereError(KubernetesRsError):
+    """A flow run's Job lives in another namespace or on another cluster than the worker's."""
+
+
+class JobNotFoundError(KubernetesRsError):
+    """A flow run's Job does not exist (any more)."""

@@ -13,6 +13,8 @@ import os
 from prefect.settings.base import PrefectBaseSettings, build_settings_config
 from pydantic import AliasChoices, AliasPath, Field
 
+from prefect_kubernetes_rs import _core
+
 
 def _aliases(field: str, *env_names: str) -> AliasChoices:
     """Accept the field name (from files) and each environment variable name given."""
@@ -27,18 +29,28 @@ class CreateJobRetrySettings(PrefectBaseSettings):
     )
 
     max_retries: int = Field(
-        default=3,
+        default=_core.DEFAULT_CREATE_ATTEMPTS,
         ge=1,
+        le=_core.MAX_CREATE_ATTEMPTS,
         description="How many times in all the worker tries to create a Job before giving up.",
     )
     delay_seconds: int = Field(
-        default=1, ge=0, description="Seconds to wait between two attempts to create a Job."
+        default=_core.DEFAULT_CREATE_DELAY_SECONDS,
+        ge=0,
+        le=_core.MAX_CREATE_PAUSE_SECONDS,
+        description="Seconds to wait between two attempts to create a Job.",
     )
     jitter_min_seconds: int = Field(
-        default=0, ge=0, description="Least random extra wait added to the delay between attempts."
+        default=_core.DEFAULT_CREATE_JITTER_MIN_SECONDS,
+        ge=0,
+        le=_core.MAX_CREATE_PAUSE_SECONDS,
+        description="Least random extra wait added to the delay between attempts.",
     )
     jitter_max_seconds: int = Field(
-        default=3, ge=0, description="Most random extra wait added to the delay between attempts."
+        default=_core.DEFAULT_CREATE_JITTER_MAX_SECONDS,
+        ge=0,
+        le=_core.MAX_CREATE_PAUSE_SECONDS,
+        description="Most random extra wait added to the delay between attempts.",
     )
 
 

@@ -24,15 +24,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
-import hashlib
-import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.abc
 import prefect
 from prefect.client.schemas.objects import Flow as APIFlow
-from prefect.events import emit_event
+from prefect.events import Event, RelatedResource, emit_event
 from prefect.exceptions import (
     InfrastructureError,
     InfrastructureNotAvailable,
@@ -55,11 +54,12 @@ from prefect_kubernetes_rs import _core
 from prefect_kubernetes_rs.exceptions import (
     ClusterConfigError,
     ClusterUnreachableError,
+    JobElsewhereError,
+    JobNotFoundError,
     KubernetesApiError,
-    KubernetesRsError,
     ManifestError,
 )
-from prefect_kubernetes_rs.settings import KubernetesRsSettings, current_settings
+from prefect_kubernetes_rs.settings import current_settings
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -148,15 +148,21 @@ class KubernetesWorkerJobConfiguration(BaseJobConfiguration):
     )
     job_watch_timeout_seconds: int | None = Field(
         default=None,
+        ge=0,
+        le=_core.MAX_WATCH_TIMEOUT_SECONDS,
         description="Overall deadline, in seconds, for the Job to finish once its pod has started.",
     )
     pod_watch_timeout_seconds: int = Field(
-        default=60, description="Seconds the pod may stay Pending before the run is given up."
+        default=_core.DEFAULT_POD_WATCH_TIMEOUT_SECONDS,
+        ge=0,
+        le=_core.MAX_WATCH_TIMEOUT_SECONDS,
+        description="Seconds the pod may stay Pending before the run is given up.",
     )
     stream_output: bool = Field(
         default=True, description="Print the flow container's log to the worker's output."
     )
-    env: dict[str, str | None] | list[dict[str, Any]] = Field(
+    # Wider than the base class's mapping: prefect-kubernetes also takes Kubernetes env entries.
+    env: dict[str, str | None] | list[dict[str, Any]] = Field(  # type: ignore[assignment]
         default_factory=dict,
         description="Environment of the flow container, as a mapping or as Kubernetes env entries.",
     )
@@ -279,28 +285,21 @@ class KubernetesWorkerJobConfiguration(BaseJobConfiguration):
 
         Every edit targets the container named `prefect-job`.
         """
-        env_references: list[dict[str, Any]] = []
-        if isinstance(self.env, list):
-            # Entries that point at Secrets or ConfigMaps cannot join Prefect's mapping of
-            # values; they are kept aside and placed after the plain values.
-            env_references = [entry for entry in self.env if "valueFrom" in entry]
-            self.env = {
-                entry["name"]: entry.get("value")
-                for entry in self.env
-                if "name" in entry and "value" in entry
-            }
+        # Prefect's merge below keeps only a mapping; a list of Kubernetes env entries is merged
+        # by the core (plain values join the mapping, `valueFrom` entries follow them).
+        env_list = self.env if isinstance(self.env, list) else None
         super().prepare_for_flow_run(
             flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
         )
         self.job_manifest, self.env = _core.prepare_job_manifest(
             self.job_manifest,
-            self.env,
-            env_references,
-            self.labels,
-            self.annotations,
-            self.name,
-            _default_image(),
-            self._api_dns_name,
+            env=self.env if isinstance(self.env, dict) else {},  # a mapping after Prefect's merge
+            env_list=env_list,
+            labels=self.labels,
+            annotations=self.annotations,
+            name=self.name,
+            default_image=_default_image(),
+            api_dns_name=self._api_dns_name,
         )
 
 
@@ -341,11 +340,15 @@ class KubernetesWorkerVariables(BaseVariables):
     )
     job_watch_timeout_seconds: int | None = Field(
         default=None,
+        ge=0,
+        le=_core.MAX_WATCH_TIMEOUT_SECONDS,
         description="Overall deadline, in seconds, for a flow-run Job to finish once its pod "
         "has started; the run is reported as crashed when it passes. Unset: no deadline.",
     )
     pod_watch_timeout_seconds: int = Field(
-        default=60,
+        default=_core.DEFAULT_POD_WATCH_TIMEOUT_SECONDS,
+        ge=0,
+        le=_core.MAX_WATCH_TIMEOUT_SECONDS,
         description="Seconds a flow-run pod may stay Pending (scheduling, image pull) before "
         "the worker deletes the Job and reports the run as crashed.",
     )
@@ -404,14 +407,15 @@ class KubernetesWorker(
         super().__init__(*args, **kwargs)
         # One set of clients (and shared watchers) for the worker's lifetime.
         self._kubernetes = _core.KubernetesClients()
-        # API-key Secrets this process created: (namespace, name) -> cluster. They outlive the
-        # worker (a pod that starts or retries later still needs its key); their names come
-        # from the pool and the key, so a restarted worker reuses them instead of adding more.
-        self._created_secrets: dict[tuple[str, str], Any] = {}
-        # How many runs reference each of those Secrets; a Secret whose every run had its Job
-        # refused is deleted, so a refused run leaves nothing behind.
-        self._secret_users: dict[tuple[str, str], int] = {}
-        self._secrets_lock = asyncio.Lock()
+        self._clusters_used: list[_core.ClusterHandle] = []
+        self._warned_no_cluster_uid = False
+
+    @property
+    def _created_secrets(self) -> list[tuple[str, str]]:
+        """`(namespace, name)` of the API-key Secrets this worker created (they outlive it)."""
+        # (Two handles may wrap one cluster: a connect raced another's.)
+        names = (name for cluster in self._clusters_used for name in cluster.created_secrets())
+        return list(dict.fromkeys(names))
 
     async def teardown(self, *exc_info: Any) -> None:
         await super().teardown(*exc_info)
@@ -419,11 +423,12 @@ class KubernetesWorker(
 
     async def close_kubernetes(self) -> None:
         """Stop the watchers and close the connections."""
-        self._created_secrets.clear()
-        self._secret_users.clear()
+        self._clusters_used.clear()
         await self._kubernetes.close()
 
-    async def _cluster(self, configuration: KubernetesWorkerJobConfiguration) -> Any:
+    async def _cluster(
+        self, configuration: KubernetesWorkerJobConfiguration
+    ) -> _core.ClusterHandle:
         """The connected cluster of this configuration (cached per distinct kubeconfig)."""
         cluster_config = configuration.cluster_config
         kubeconfig, context = (
@@ -433,8 +438,11 @@ class KubernetesWorker(
         )
         try:
             # Every run after the first finds its cluster connected: no await needed.
-            connected = self._kubernetes.connected(kubeconfig, context)
-            return connected or await self._kubernetes.connect(kubeconfig, context)
+            cluster = self._kubernetes.connected(kubeconfig, context)
+            if cluster is None:
+                cluster = await self._kubernetes.connect(kubeconfig, context)
+                self._clusters_used.append(cluster)
+            return cluster
         except ClusterConfigError as error:
             raise InfrastructureNotAvailable(str(error)) from error
 
@@ -444,54 +452,24 @@ class KubernetesWorker(
         configuration: KubernetesWorkerJobConfiguration,
         task_status: anyio.abc.TaskStatus[Any] | None = None,
     ) -> KubernetesWorkerResult:
-        """Create the flow run's Job, report its pid, follow it to the end, return its exit code."""
+        """Create the flow run's Job, report its pid, follow it to the end, return its exit code.
+
+        The whole start (subscription, API-key Secret, Job, pid) is one call into the core;
+        what stays here is what only Prefect can do: the flow run's log, Prefect events and
+        the eviction check against the run's states.
+        """
         logger = self.get_flow_run_logger(flow_run)
         settings = current_settings()
+        worker_settings = settings.worker
+        retry = worker_settings.create_job_retry
         cluster = await self._cluster(configuration)
-        namespace = configuration.namespace
-        # Subscribe before creating the Job, so none of its events is missed.
+        logger.info("Creating Kubernetes job...")
+        created_at = datetime.datetime.now(datetime.timezone.utc)
         try:
-            run_watch = await cluster.watch_run(namespace, str(flow_run.id))
-        except KubernetesApiError as error:
-            hint = (
-                _credentials_hint(cluster.source_name)
-                if error.status_code == 401
-                else "the worker needs get, list and watch on jobs and pods (and pods/log) there."
-            )
-            raise InfrastructureError(
-                f"Unable to watch Kubernetes jobs and pods in namespace {namespace!r}: "
-                f"{error.reason}: {error.api_message}. Hint: {hint}"
-            ) from error
-        except ClusterUnreachableError as error:
-            raise InfrastructureNotAvailable(
-                f"Unable to reach the Kubernetes API server {cluster.server} (configured by "
-                f"{cluster.source_name}): {error}"
-            ) from error
-        try:
-            created_secret = await self._keep_credentials_out_of_the_manifest(
-                cluster, configuration, settings, logger
-            )
-            logger.info("Creating Kubernetes job...")
-            created_at = datetime.datetime.now(datetime.timezone.utc)
-            try:
-                job = await self._create_job(cluster, configuration, settings, flow_run)
-            except InfrastructureError:
-                # The API refused the Job: nothing of this run may stay behind. (After a
-                # failure whose effect is unknown the Job may exist; its Secret stays.)
-                if created_secret is not None:
-                    await self._release_secret(created_secret, logger)
-                raise
-            pid = await self._infrastructure_pid(cluster, job, settings, logger)
-            logger.info(
-                "Kubernetes job %r %s in namespace %r; waiting for its pod to start...",
-                job["name"],
-                "found (created by an earlier attempt)" if job["adopted"] else "created",
-                job["namespace"],
-            )
-            if task_status is not None:
-                task_status.started(pid)
-            events = run_watch.follow(
-                job["name"],
+            started = await cluster.start_run(
+                namespace=configuration.namespace,
+                flow_run_id=str(flow_run.id),
+                manifest=configuration.job_manifest,
                 pod_watch_timeout_seconds=float(configuration.pod_watch_timeout_seconds),
                 job_watch_timeout_seconds=(
                     float(configuration.job_watch_timeout_seconds)
@@ -499,163 +477,75 @@ class KubernetesWorker(
                     else None
                 ),
                 stream_output=configuration.stream_output,
-            )
-        finally:
-            run_watch.close()
-        try:
-            outcome = await self._report(events, configuration, logger)
-        finally:
-            events.close()
-        status_code = outcome["exit_code"]
-        if (
-            outcome["evicted"]
-            and status_code != 0
-            and await self._was_rescheduled(flow_run, since=created_at)
-        ):
-            logger.info("The pod was evicted and the flow run rescheduled itself.")
-            status_code = 0
-        return KubernetesWorkerResult(identifier=pid, status_code=status_code)
-
-    async def _keep_credentials_out_of_the_manifest(
-        self,
-        cluster: Any,
-        configuration: KubernetesWorkerJobConfiguration,
-        all_settings: KubernetesRsSettings,
-        logger: Any,
-    ) -> tuple[str, str] | None:
-        """Point `PREFECT_API_KEY` / `PREFECT_API_AUTH_STRING` at Secrets when configured to.
-
-        Returns the (namespace, name) of the API-key Secret when this worker process created it.
-        """
-        settings = all_settings.worker
-        env = _prefect_container(configuration.job_manifest).get("env") or []
-        namespace = configuration.namespace
-        secret_name = settings.api_key_secret_name
-        secret_key = settings.api_key_secret_key or "value"
-        api_key = next(
-            (e.get("value") for e in env if e.get("name") == "PREFECT_API_KEY" and e.get("value")),
-            None,
-        )
-        created = None
-        if not secret_name and settings.create_secret_for_api_key and api_key:
-            secret_name = _api_key_secret_name(self._work_pool_name, api_key)
-            secret_key = "value"
-            async with self._secrets_lock:
-                try:
-                    if await cluster.ensure_secret(namespace, secret_name, secret_key, api_key):
-                        self._created_secrets[(namespace, secret_name)] = cluster
-                except KubernetesApiError as error:
-                    raise InfrastructureError(
-                        _secret_failure(error, secret_name, namespace)
-                    ) from error
-                except ClusterUnreachableError as error:
-                    raise InfrastructureNotAvailable(
-                        f"Unable to store the Prefect API key in Secret {secret_name!r}: {error}"
-                    ) from error
-                if (namespace, secret_name) in self._created_secrets:
-                    created = (namespace, secret_name)
-                    self._secret_users[created] = self._secret_users.get(created, 0) + 1
-        if secret_name:
-            _reference_secret(env, "PREFECT_API_KEY", secret_name, secret_key)
-        auth_name = settings.api_auth_string_secret_name
-        auth_key = settings.api_auth_string_secret_key
-        if auth_name and auth_key:
-            _reference_secret(env, "PREFECT_API_AUTH_STRING", auth_name, auth_key)
-        elif any(e.get("name") == "PREFECT_API_AUTH_STRING" and e.get("value") for e in env):
-            logger.warning(
-                "PREFECT_API_AUTH_STRING is written into the Job manifest in plain text. Set "
-                "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME and _KEY "
-                "to read it from a Kubernetes Secret instead."
-            )
-        return created
-
-    async def _release_secret(self, secret: tuple[str, str], logger: Any) -> None:
-        """A run whose Job was refused gives its Secret back; the last user deletes it."""
-        async with self._secrets_lock:
-            users = self._secret_users.get(secret, 0) - 1
-            if users > 0:
-                self._secret_users[secret] = users
-                return
-            self._secret_users.pop(secret, None)
-            cluster = self._created_secrets.pop(secret, None)
-            if cluster is None:
-                return
-            namespace, name = secret
-            try:
-                await cluster.delete_secret(namespace, name)
-            except KubernetesRsError as error:
-                logger.warning(
-                    "Could not delete Secret %r in namespace %r after its Job was refused: %s",
-                    name,
-                    namespace,
-                    error,
-                )
-
-    async def _create_job(
-        self,
-        cluster: Any,
-        configuration: KubernetesWorkerJobConfiguration,
-        settings: KubernetesRsSettings,
-        flow_run: FlowRun,
-    ) -> dict[str, Any]:
-        retry = settings.worker.create_job_retry
-        try:
-            return await cluster.create_job(
-                configuration.namespace,
-                configuration.job_manifest,
-                str(flow_run.id),
-                max_attempts=retry.max_retries,
-                delay_seconds=float(retry.delay_seconds),
-                jitter_min_seconds=float(retry.jitter_min_seconds),
-                jitter_max_seconds=float(retry.jitter_max_seconds),
+                create_attempts=retry.max_retries,
+                create_delay_seconds=float(retry.delay_seconds),
+                create_jitter_min_seconds=float(retry.jitter_min_seconds),
+                create_jitter_max_seconds=float(retry.jitter_max_seconds),
+                cluster_uid=settings.cluster_uid,
+                api_key_secret_name=worker_settings.api_key_secret_name,
+                api_key_secret_key=worker_settings.api_key_secret_key,
+                create_api_key_secret_for_pool=(
+                    self._work_pool_name if worker_settings.create_secret_for_api_key else None
+                ),
+                api_auth_string_secret_name=worker_settings.api_auth_string_secret_name,
+                api_auth_string_secret_key=worker_settings.api_auth_string_secret_key,
             )
         except KubernetesApiError as error:
-            raise InfrastructureError(
-                _creation_failure(error, configuration, cluster.source_name)
-            ) from error
+            raise InfrastructureError(str(error)) from error
         except ClusterUnreachableError as error:
-            raise InfrastructureNotAvailable(
-                f"Unable to create Kubernetes job: {error} (cluster {cluster.server}, "
-                f"configured by {cluster.source_name})"
-            ) from error
-
-    async def _infrastructure_pid(
-        self, cluster: Any, job: dict[str, Any], settings: KubernetesRsSettings, logger: Any
-    ) -> str:
-        """`<cluster uid>:<namespace>:<job>`, or `<namespace>:<job>` when the uid is unknown."""
-        cluster_uid = settings.cluster_uid
-        if not cluster_uid:
-            cluster_uid, reason = cluster.known_cluster_uid() or await cluster.cluster_uid()
-            if cluster_uid is None and not self._warned_no_cluster_uid:
+            raise InfrastructureNotAvailable(str(error)) from error
+        events = started.events
+        try:
+            for warning in started.warnings:
+                logger.warning(warning)
+            if started.cluster_uid_unknown is not None and not self._warned_no_cluster_uid:
                 self._warned_no_cluster_uid = True
                 logger.warning(
                     "Cannot read the cluster's uid (%s); infrastructure pids will be "
                     "'<namespace>:<job>'. Set PREFECT_INTEGRATIONS_KUBERNETES_CLUSTER_UID to "
                     "include one.",
-                    reason,
+                    started.cluster_uid_unknown,
                 )
-        prefix = f"{cluster_uid}:" if cluster_uid else ""
-        return f"{prefix}{job['namespace']}:{job['name']}"
-
-    _warned_no_cluster_uid = False
+            logger.info(
+                "Kubernetes job %r %s in namespace %r; waiting for its pod to start...",
+                started.job_name,
+                "found (created by an earlier attempt)" if started.adopted else "created",
+                started.namespace,
+            )
+            if task_status is not None:
+                task_status.started(started.pid)
+            outcome = await self._report(events, configuration, logger)
+        finally:
+            events.close()
+        status_code = outcome.exit_code
+        if (
+            outcome.evicted
+            and status_code != 0
+            and await self._was_rescheduled(flow_run, since=created_at)
+        ):
+            logger.info("The pod was evicted and the flow run rescheduled itself.")
+            status_code = 0
+        return KubernetesWorkerResult(identifier=started.pid, status_code=status_code)
 
     async def _report(
-        self, events: Any, configuration: KubernetesWorkerJobConfiguration, logger: Any
-    ) -> dict[str, Any]:
-        """Log messages, emit pod events; return the `finished` event. (The flow's log lines
-        are printed on stdout by the Rust core, all of them before `finished` arrives.)"""
-        last_event = None
+        self,
+        events: _core.RunEvents,
+        configuration: KubernetesWorkerJobConfiguration,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    ) -> _core.RunFinished:
+        """Log messages, emit pod events; return the run's end. (The flow's log lines are
+        printed on stdout by the Rust core, all of them before the end arrives.)"""
+        last_event: Event | None = None
         related = self._event_related_resources(configuration=configuration, include_self=True)
         async for batch in events:
             for event in batch:
-                kind = event["kind"]
-                if kind == "message":
-                    getattr(logger, event["level"])(event["text"])
-                elif kind == "pod":
+                if isinstance(event, _core.RunMessage):
+                    logger.log(_LOG_LEVELS[event.level], event.text)
+                elif isinstance(event, _core.PodPhaseChange):
                     last_event = _emit_pod_event(
                         event, configuration.namespace, related, last_event
                     )
-                elif kind == "finished":
+                else:
                     return event
         raise InfrastructureError("Lost track of the Kubernetes job before it finished.")
 
@@ -687,134 +577,43 @@ class KubernetesWorker(
         grace_seconds: int = 30,
     ) -> None:
         """Delete the flow run's Job (and its pods) with the given grace period."""
-        parts = infrastructure_pid.split(":")
-        if len(parts) == 3:
-            cluster_uid, namespace, job_name = parts
-        elif len(parts) == 2:
-            cluster_uid, (namespace, job_name) = None, parts
-        else:
-            raise ValueError(
-                f"Invalid infrastructure pid {infrastructure_pid!r}: expected "
-                "'<cluster uid>:<namespace>:<job>' or '<namespace>:<job>'."
-            )
-        if namespace != configuration.namespace:
-            raise InfrastructureNotAvailable(
-                f"Unable to kill job {job_name!r}: it runs in namespace {namespace!r} but this "
-                f"worker's configuration for the flow run uses namespace "
-                f"{configuration.namespace!r}."
-            )
         cluster = await self._cluster(configuration)
-        if cluster_uid:
-            current_uid = current_settings().cluster_uid or (await cluster.cluster_uid())[0]
-            if current_uid is not None and current_uid != cluster_uid:
-                raise InfrastructureNotAvailable(
-                    f"Unable to kill job {job_name!r}: it runs on another cluster than this "
-                    "worker's (the cluster uids differ)."
-                )
         try:
-            found = await cluster.delete_job(namespace, job_name, grace_seconds)
-        except ClusterUnreachableError as error:
-            raise InfrastructureNotAvailable(f"Unable to kill job {job_name!r}: {error}") from error
-        if not found:
-            raise InfrastructureNotFound(
-                f"Unable to kill job {job_name!r}: it was not found in namespace {namespace!r}."
+            namespace, job_name = await cluster.kill_run(
+                infrastructure_pid,
+                namespace=configuration.namespace,
+                grace_seconds=grace_seconds,
+                cluster_uid=current_settings().cluster_uid,
             )
+        except JobNotFoundError as error:
+            raise InfrastructureNotFound(str(error)) from error
+        except (JobElsewhereError, ClusterUnreachableError) as error:
+            raise InfrastructureNotAvailable(str(error)) from error
         self._logger.info("Deleted Kubernetes job %r in namespace %r", job_name, namespace)
 
 
-def _prefect_container(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The container named `prefect-job` (validation guarantees there is exactly one)."""
-    containers = manifest["spec"]["template"]["spec"]["containers"]
-    return next(c for c in containers if c.get("name") == "prefect-job")
-
-
-def _reference_secret(env: list[dict[str, Any]], name: str, secret: str, key: str) -> None:
-    """Make every entry named `name` read its value from `secret`/`key`."""
-    for index, entry in enumerate(env):
-        if entry.get("name") == name:
-            env[index] = {
-                "name": name,
-                "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
-            }
-
+_LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 # How long an evicted run's flow may take to reschedule itself after its Job is seen failed:
 # its engine does so on SIGTERM, which the kubelet sends right after publishing the eviction.
 _RESCHEDULE_PATIENCE_SECONDS = 30
 
-# Kubernetes stores an object in one etcd request, 1.5 MiB at most by default; above about
-# 1 MiB a refused Job is most likely refused for its size, whatever the API server says.
-_LARGE_MANIFEST_BYTES = 1024 * 1024
 
-
-def _api_key_secret_name(work_pool_name: str, api_key: str) -> str:
-    """`prefect-<pool>-api-key-<digest of the key>`: one Secret per pool and key, whichever
-    worker of the pool (and however many restarts) created it; a new key gets a new name."""
-    digest = hashlib.sha256(api_key.encode()).hexdigest()[:10]
-    return f"prefect-{_core.slugify_name(work_pool_name) or 'pool'}-api-key-{digest}"
-
-
-def _creation_failure(
-    error: KubernetesApiError, configuration: KubernetesWorkerJobConfiguration, source_name: str
-) -> str:
-    """The Python worker's wording, with its hints for the usual causes."""
-    namespace = configuration.namespace
-    message = f"Unable to create Kubernetes job: {error.reason}: {error.api_message}"
-    text = f"{error.reason} {error.api_message}".lower()
-    if "quota" in text or "exceeded" in text:
-        hint = "The namespace's resource quota is used up or too small for this Job."
-    elif error.status_code == 401:
-        hint = _credentials_hint(source_name)
-    elif error.status_code == 403 or "forbidden" in text:
-        hint = "The worker's Kubernetes identity lacks the RBAC permission to create Jobs here."
-    elif error.status_code == 404 and namespace in (error.api_message or ""):
-        hint = f"Create the namespace {namespace!r} or point the work pool at an existing one."
-    elif (size := len(json.dumps(configuration.job_manifest))) > _LARGE_MANIFEST_BYTES:
-        hint = (
-            f"The Job manifest is {size / 1024 / 1024:.1f} MiB; Kubernetes stores objects of "
-            "at most about 1.5 MiB. Move large env values into a ConfigMap or Secret and "
-            "reference them (valueFrom)."
-        )
-    else:
-        return message
-    return f"{message}. Hint: {hint}"
-
-
-def _credentials_hint(source_name: str) -> str:
-    return (
-        f"The API server did not accept the credentials from {source_name}: renew the "
-        "token or certificate of its user, or fix its auth settings."
-    )
-
-
-def _secret_failure(error: KubernetesApiError, name: str, namespace: str) -> str:
-    message = (
-        f"Unable to store the Prefect API key in Secret {name!r} in namespace {namespace!r}: "
-        f"{error.reason}: {error.api_message}"
-    )
-    if error.status_code == 403:
-        hint = (
-            "The worker's Kubernetes identity needs create on secrets there, "
-            "or set PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_NAME to a Secret "
-            "that holds the key."
-        )
-    elif error.status_code == 404 and namespace in (error.api_message or ""):
-        hint = f"Create the namespace {namespace!r} or point the work pool at an existing one."
-    else:
-        return message
-    return f"{message}. Hint: {hint}"
-
-
-def _emit_pod_event(event: dict[str, Any], namespace: str, related: list[Any], follows: Any) -> Any:
+def _emit_pod_event(
+    event: _core.PodPhaseChange,
+    namespace: str,
+    related: list[RelatedResource],
+    follows: Event | None,
+) -> Event | None:
     """Replicate a pod phase change as a `prefect.kubernetes.pod.*` Prefect event."""
-    name = "evicted" if event["evicted"] else event["phase"].lower()
+    name = "evicted" if event.evicted else event.phase.lower()
     resource = {
-        "prefect.resource.id": f"prefect.kubernetes.pod.{event['uid']}",
-        "prefect.resource.name": event["name"],
+        "prefect.resource.id": f"prefect.kubernetes.pod.{event.uid}",
+        "prefect.resource.name": event.name,
         "kubernetes.namespace": namespace,
     }
-    if event["evicted"] and event["reason"]:
-        resource["kubernetes.reason"] = event["reason"]
+    if event.evicted and event.reason:
+        resource["kubernetes.reason"] = event.reason
     return emit_event(
         event=f"prefect.kubernetes.pod.{name}",
         resource=resource,

@@ -1,4 +1,4 @@
-"""Generate tests/slug_corpus.json: inputs with python-slugify / prefect-kubernetes 0.8.0 outputs.
+"""Generate core/tests/slug_corpus.json: inputs with python-slugify / prefect-kubernetes 0.8.0 outputs.
 
 Run with the prefect venv's Python: `.venv/bin/python tools/slug-tables/gen_corpus.py`.
 Each entry holds the input and the expected results of prefect-kubernetes'
@@ -161,7 +161,7 @@ if __name__ == "__main__":
         "unicode": unicodedata.unidata_version,
         "entries": entries,
     }
-    path = ROOT / "tests" / "slug_corpus.json"
+    path = ROOT / "core" / "tests" / "slug_corpus.json"
     path.parent.mkdir(exist_ok=True)
     with open(path, "w") as f:
         json.dump(meta, f, ensure_ascii=False, indent=1)

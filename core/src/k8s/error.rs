@@ -20,19 +20,6 @@ pub enum K8sError {
         reason: String,
     },
 
-    /// The API server did not answer (connection refused, TLS failure, timeout).
-    #[error(
-        "cannot reach the Kubernetes API server {server} (configured by {source_name}): {reason}"
-    )]
-    Unreachable {
-        /// Where the configuration came from.
-        source_name: String,
-        /// The API server's URL.
-        server: String,
-        /// What happened.
-        reason: String,
-    },
-
     /// The API server refused or failed a request.
     #[error("{verb} {what} failed: {reason}: {message}")]
     Api {
@@ -84,7 +71,7 @@ impl K8sError {
     /// a timeout, a reset connection or a server-side error.
     pub fn is_ambiguous(&self) -> bool {
         match self {
-            K8sError::Transport { .. } | K8sError::Unreachable { .. } => true,
+            K8sError::Transport { .. } => true,
             K8sError::Api { code, .. } => *code >= 500 || *code == 408,
             _ => false,
         }

@@ -1,6 +1,7 @@
 //! The manifest core: Prefect templating, Job manifest validation and per-run preparation.
 //! Pure data in, pure data out; no Python and no Kubernetes client here.
 
+pub mod credentials;
 pub mod defaults;
 pub mod error;
 pub mod prepare;

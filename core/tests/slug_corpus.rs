@@ -1,6 +1,6 @@
 //! Checks every entry of the python-slugify / prefect-kubernetes oracle corpus.
 
-use _core::manifest::slug::{
+use prefect_kubernetes_rs_core::manifest::slug::{
     slugify, slugify_image_tag, slugify_label_key, slugify_label_value, slugify_name,
     SlugifyOptions,
 };

@@ -3,10 +3,14 @@
 
 pub mod cluster;
 pub mod error;
+pub mod events;
 pub mod jobs;
 pub mod logs;
 pub mod memory;
+pub mod pid;
+pub mod printer;
 pub mod run;
+pub mod secrets;
 pub mod watch;
 pub mod watched;
 

@@ -1,13 +1,16 @@
 //! Reaching a cluster: one client per distinct configuration, kept for the worker's lifetime.
 
 use crate::k8s::error::{describe_chain, K8sError, Result};
+use crate::k8s::secrets::CreatedSecrets;
 use crate::k8s::watch::NamespaceWatch;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+// A panic elsewhere must not make every later run panic too: the maps behind these locks stay
+// consistent (each update is one insert or remove), so a poisoned lock is used as it is.
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::OnceCell;
 
 /// Where the cluster configuration comes from, in the order the worker tries them.
@@ -44,6 +47,7 @@ pub struct Cluster {
     server: String,
     uid: OnceCell<std::result::Result<String, String>>,
     namespaces: Mutex<HashMap<String, Arc<NamespaceWatch>>>,
+    created_secrets: CreatedSecrets,
 }
 
 impl Cluster {
@@ -90,17 +94,39 @@ impl Cluster {
 
     /// The shared job and pod watchers of `namespace`, started on first use.
     pub fn namespace(self: &Arc<Self>, namespace: &str) -> Arc<NamespaceWatch> {
-        let mut namespaces = self.namespaces.lock().expect("namespace registry lock");
+        let mut namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         namespaces
             .entry(namespace.to_owned())
             .or_insert_with(|| NamespaceWatch::start(self.client.clone(), namespace))
             .clone()
     }
 
+    /// The API-key Secrets this process created on this cluster.
+    pub fn created_secrets(&self) -> &CreatedSecrets {
+        &self.created_secrets
+    }
+
+    /// The shared watchers of `namespace` if something started them.
+    pub fn watched_namespace(&self, namespace: &str) -> Option<Arc<NamespaceWatch>> {
+        self.namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(namespace)
+            .cloned()
+    }
+
     /// Stops every watcher of this cluster (worker shutdown).
     pub fn close(&self) {
-        let namespaces =
-            std::mem::take(&mut *self.namespaces.lock().expect("namespace registry lock"));
+        self.created_secrets.forget();
+        let namespaces = std::mem::take(
+            &mut *self
+                .namespaces
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         for watch in namespaces.values() {
             watch.stop();
         }
@@ -177,6 +203,7 @@ async fn connect(source: ClusterSource) -> Result<Cluster> {
         server,
         uid: OnceCell::new(),
         namespaces: Mutex::new(HashMap::new()),
+        created_secrets: CreatedSecrets::default(),
     })
 }
 

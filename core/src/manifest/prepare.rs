@@ -21,12 +21,13 @@ const GENERATE_NAME_MAX: usize = 58;
 /// What a flow run contributes to its Job, as computed by the Prefect side of the worker.
 #[derive(Debug, Clone, Default)]
 pub struct RunSettings {
-    /// The environment after Prefect's merge (settings, flow-run id, attribution, job variables),
-    /// as `name -> value`.
+    /// The environment after Prefect's merge (settings, flow-run id, attribution, and the `env`
+    /// job variable when it is a mapping), as `name -> value`.
     pub env: Map<String, Value>,
-    /// Entries of a list-form `env` job variable that reference other objects (`valueFrom`);
-    /// they are kept as they are, after the plain values.
-    pub env_references: Vec<Value>,
+    /// The `env` job variable when it is a list of Kubernetes env entries (Prefect's merge
+    /// leaves such a list out): its plain values join [`RunSettings::env`], its entries that
+    /// reference other objects (`valueFrom`) are kept as they are, after the plain values.
+    pub env_list: Option<Vec<Value>>,
     /// Labels for the Job and its pod (Prefect's plus the user's), not yet slugified.
     pub labels: Map<String, Value>,
     /// Annotations for the Job and its pod, keys not yet slugified.
@@ -39,18 +40,25 @@ pub struct RunSettings {
     pub api_dns_name: Option<String>,
 }
 
-/// Prepares `manifest` in place and returns the final environment (a mapping, or a list when
-/// `valueFrom` entries are present), which the configuration keeps as its `env`.
+/// Prepares `manifest` in place for one flow run; returns the final environment (a mapping, or
+/// a list when `valueFrom` entries are present), which the configuration keeps as its `env`.
+///
+/// The credentials in it stay as they are here: they are moved into Secrets when the run
+/// starts ([`crate::manifest::credentials`]), by the worker whose pool names the Secret.
 pub fn prepare_job_manifest(manifest: &mut Value, run: &RunSettings) -> Result<Value> {
     let mut env = run.env.clone();
+    let mut env_references = Vec::new();
+    if let Some(entries) = &run.env_list {
+        split_env_list(entries, &mut env, &mut env_references);
+    }
     if let Some(dns_name) = run.api_dns_name.as_deref().filter(|name| !name.is_empty()) {
         rewrite_api_url(&mut env, dns_name);
     }
-    let mut env_entries = if run.env_references.is_empty() {
+    let mut env_entries = if env_references.is_empty() {
         EnvForm::Mapping(env)
     } else {
         let mut entries = mapping_to_entries(&env);
-        entries.extend(run.env_references.iter().cloned());
+        entries.extend(env_references);
         EnvForm::List(entries)
     };
     configure_eviction_handling(manifest, &mut env_entries);
@@ -66,6 +74,25 @@ pub fn prepare_job_manifest(manifest: &mut Value, run: &RunSettings) -> Result<V
         EnvForm::Mapping(map) => Value::Object(map),
         EnvForm::List(items) => Value::Array(items),
     })
+}
+
+/// Splits a list-form `env` job variable as the Python worker does: entries with a `name` and
+/// a `value` join the mapping (a null value removes the variable, as in Prefect's merge);
+/// entries with `valueFrom` are kept aside.
+fn split_env_list(entries: &[Value], env: &mut Map<String, Value>, references: &mut Vec<Value>) {
+    for entry in entries {
+        if entry.get("valueFrom").is_some() {
+            references.push(entry.clone());
+        }
+        if let (Some(name), Some(value)) = (entry.get("name"), entry.get("value")) {
+            let name = python_str(name);
+            if value.is_null() {
+                env.remove(&name);
+            } else {
+                env.insert(name, value.clone());
+            }
+        }
+    }
 }
 
 enum EnvForm {
@@ -448,13 +475,15 @@ pub fn is_valid_label_key(key: &str) -> bool {
     }
 }
 
+/// Kubernetes' `IsDNS1123Subdomain`: at most 253 characters in all, dot-separated parts of
+/// lowercase letters, digits and inner '-'. Unlike a DNS label, a part has no length limit of
+/// its own (the v1.20 API server accepts a 253-character prefix without dots).
 fn is_dns_subdomain(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 253
         && text.split('.').all(|part| {
             let bytes = part.as_bytes();
             !bytes.is_empty()
-                && bytes.len() <= 63
                 && is_lower_alnum(bytes[0])
                 && is_lower_alnum(bytes[bytes.len() - 1])
                 && bytes.iter().all(|b| is_lower_alnum(*b) || *b == b'-')
@@ -539,11 +568,31 @@ mod tests {
     }
 
     #[test]
+    fn a_list_env_variable_joins_its_plain_values_and_keeps_its_references() {
+        let mut settings = run(json!({"A": "from prefect", "GONE": "x"}));
+        settings.env_list = Some(vec![
+            json!({"name": "A", "value": "mine"}),
+            json!({"name": "GONE", "value": null}),
+            json!({"name": "NO_VALUE"}),
+            json!({"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
+        ]);
+        let (_, env) = prepared(with_backoff(json!(2)), &settings);
+        assert_eq!(
+            env,
+            json!([
+                {"name": "A", "value": "mine"},
+                {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                {"name": SIGTERM_BEHAVIOR_ENV, "value": "relinquish"}
+            ])
+        );
+    }
+
+    #[test]
     fn value_from_entries_follow_the_plain_values() {
         let mut settings = run(json!({"A": "1"}));
-        settings.env_references = vec![
+        settings.env_list = Some(vec![
             json!({"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
-        ];
+        ]);
         let (manifest, env) = prepared(with_backoff(json!(2)), &settings);
         let expected = json!([
             {"name": "A", "value": "1"},
@@ -604,7 +653,7 @@ mod tests {
     fn eviction_env_in_list_form() {
         let reference = json!({"name": SIGTERM_BEHAVIOR_ENV, "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}});
         let mut settings = run(json!({}));
-        settings.env_references = vec![reference.clone()];
+        settings.env_list = Some(vec![reference.clone()]);
         let (_, env) = prepared(with_backoff(json!(0)), &settings);
         assert_eq!(
             env,
@@ -681,6 +730,25 @@ mod tests {
             manifest["metadata"]["labels"],
             json!({"example.com/Team": "a"})
         );
+    }
+
+    #[test]
+    fn a_key_prefix_may_have_253_characters_without_dots_as_kubernetes_allows() {
+        let prefix = "a".repeat(253);
+        let mut settings = run(json!({}));
+        settings.labels = object(json!({format!("{prefix}/team"): "a"}));
+        settings.annotations = object(json!({format!("{prefix}/note"): "b"}));
+        let (manifest, _) = prepared(base_job_manifest(), &settings);
+        assert_eq!(
+            manifest["metadata"]["labels"][format!("{prefix}/team")],
+            "a"
+        );
+        assert_eq!(
+            manifest["metadata"]["annotations"][format!("{prefix}/note")],
+            "b"
+        );
+        assert!(!is_valid_label_key(&format!("{}/team", "a".repeat(254))));
+        assert!(!is_valid_label_key("-a/team"));
     }
 
     #[test]
@@ -849,8 +917,9 @@ mod tests {
     #[test]
     fn env_entries_without_names_are_refused() {
         let mut settings = run(json!({}));
-        settings.env_references =
-            vec![json!({"valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}})];
+        settings.env_list = Some(vec![
+            json!({"valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
+        ]);
         let message = prepare_job_manifest(&mut validated(base_job_manifest()), &settings)
             .unwrap_err()
             .to_string();

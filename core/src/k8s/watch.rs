@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+// Poisoned locks are used as they are: each update of the subscriber maps is one insert or
+// remove, so a panic elsewhere cannot leave them half-changed.
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -126,7 +128,7 @@ where
         let (tx, rx) = mpsc::unbounded_channel();
         self.subscribers
             .lock()
-            .expect("subscribers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .entry(flow_run_id.to_owned())
             .or_default()
             .push((id, tx));
@@ -134,7 +136,10 @@ where
     }
 
     fn unsubscribe(&self, id: u64, flow_run_id: &str) {
-        let mut subscribers = self.subscribers.lock().expect("subscribers lock");
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(list) = subscribers.get_mut(flow_run_id) {
             list.retain(|(subscriber, _)| *subscriber != id);
             if list.is_empty() {
@@ -222,7 +227,7 @@ impl NamespaceWatch {
         self.jobs
             .subscribers
             .lock()
-            .expect("subscribers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .map(Vec::len)
             .sum()
@@ -281,7 +286,7 @@ fn deliver<K: Resource + Clone>(
     make: fn(K) -> ObjectEvent<K>,
 ) {
     let Some(key) = route_key(object) else { return };
-    let subscribers = subscribers.lock().expect("subscribers lock");
+    let subscribers = subscribers.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(list) = subscribers.get(&key) {
         for (_, tx) in list {
             let _ = tx.send(make(object.clone()));
@@ -434,7 +439,7 @@ where
 {
     let keys: Vec<String> = subscribers
         .lock()
-        .expect("subscribers lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .keys()
         .cloned()
         .collect();
@@ -445,7 +450,7 @@ where
             .await
             .map_err(|error| K8sError::from_kube(error, "list", "objects of runs in flight"))?
             .items;
-        let subscribers = subscribers.lock().expect("subscribers lock");
+        let subscribers = subscribers.lock().unwrap_or_else(PoisonError::into_inner);
         for key in batch {
             let mine: Vec<K> = objects
                 .iter()

@@ -1,10 +1,9 @@
-//! Creating, finding and deleting a flow run's Job, and reading the Events that explain it.
+//! Creating and deleting a flow run's Job: retries, and adoption of a Job an earlier attempt created.
 
 use crate::k8s::cluster::Cluster;
 use crate::k8s::error::{K8sError, Result};
 use crate::k8s::watch::FLOW_RUN_LABEL;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::core::Request;
 use kube::{Api, Resource};
@@ -24,13 +23,27 @@ pub struct RetryPolicy {
     pub jitter_max: Duration,
 }
 
+/// Create attempts in all, when the settings say nothing (`create_job_retry.max_retries`).
+pub const DEFAULT_CREATE_ATTEMPTS: u32 = 3;
+/// Seconds between two attempts (`create_job_retry.delay_seconds`).
+pub const DEFAULT_CREATE_DELAY_SECONDS: u64 = 1;
+/// Least random extra seconds between attempts (`create_job_retry.jitter_min_seconds`).
+pub const DEFAULT_CREATE_JITTER_MIN_SECONDS: u64 = 0;
+/// Most random extra seconds between attempts (`create_job_retry.jitter_max_seconds`).
+pub const DEFAULT_CREATE_JITTER_MAX_SECONDS: u64 = 3;
+/// Most attempts accepted: a flow run whose Job cannot be created after a hundred tries is
+/// better reported than retried.
+pub const MAX_CREATE_ATTEMPTS: u32 = 100;
+/// Longest delay or jitter accepted, in seconds.
+pub const MAX_CREATE_PAUSE_SECONDS: u64 = 3600;
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 3,
-            delay: Duration::from_secs(1),
-            jitter_min: Duration::ZERO,
-            jitter_max: Duration::from_secs(3),
+            max_attempts: DEFAULT_CREATE_ATTEMPTS,
+            delay: Duration::from_secs(DEFAULT_CREATE_DELAY_SECONDS),
+            jitter_min: Duration::from_secs(DEFAULT_CREATE_JITTER_MIN_SECONDS),
+            jitter_max: Duration::from_secs(DEFAULT_CREATE_JITTER_MAX_SECONDS),
         }
     }
 }
@@ -38,8 +51,12 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     fn pause(&self, server_hint: Option<Duration>) -> Duration {
         let span = self.jitter_max.saturating_sub(self.jitter_min);
-        let jitter = self.jitter_min + span.mul_f64(fastrand::f64());
-        (self.delay + jitter).max(server_hint.unwrap_or_default())
+        let jitter = self
+            .jitter_min
+            .saturating_add(span.mul_f64(fastrand::f64()));
+        self.delay
+            .saturating_add(jitter)
+            .max(server_hint.unwrap_or_default())
     }
 }
 
@@ -164,7 +181,7 @@ fn created_job(
 }
 
 /// The newest Job of a flow run that is not being deleted, if any.
-pub async fn find_run_job(
+async fn find_run_job(
     cluster: &Cluster,
     namespace: &str,
     flow_run_id: &str,
@@ -221,154 +238,9 @@ pub async fn delete_job(
     }
 }
 
-/// Recent Events about the object `name` of `kind`, oldest first, as log lines.
-pub async fn recent_events(
-    cluster: &Cluster,
-    namespace: &str,
-    kind: &str,
-    name: &str,
-) -> Result<Vec<String>> {
-    let events: Api<Event> = Api::namespaced(cluster.client(), namespace);
-    let selector = format!("involvedObject.name={name},involvedObject.kind={kind}");
-    let list = events
-        .list(&ListParams::default().fields(&selector))
-        .await
-        .map_err(|error| {
-            K8sError::from_kube(error, "list", &format!("events of {kind} '{name}'"))
-        })?;
-    let mut events = list.items;
-    events.sort_by_key(event_time);
-    Ok(events
-        .iter()
-        .map(|event| describe_event(kind, event))
-        .collect())
-}
-
-/// An Event's time, whichever of the two shapes it has: legacy Events set `lastTimestamp`
-/// (or `firstTimestamp`), newer components set `eventTime` and leave those empty.
-pub fn event_time(event: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
-    event
-        .last_timestamp
-        .as_ref()
-        .map(|time| time.0)
-        .or_else(|| event.event_time.as_ref().map(|time| time.0))
-        .or_else(|| event.first_timestamp.as_ref().map(|time| time.0))
-        .or_else(|| {
-            event
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|time| time.0)
-        })
-}
-
-/// `Pod event 'Failed' (3 times) at <time>: <message>`.
-pub fn describe_event(kind: &str, event: &Event) -> String {
-    let reason = event.reason.as_deref().unwrap_or("Unknown");
-    let message = event.message.as_deref().unwrap_or("").trim();
-    let time = event_time(event)
-        .map(|time| time.to_string())
-        .unwrap_or_else(|| "an unknown time".into());
-    match event.count {
-        Some(count) if count > 1 => {
-            format!("{kind} event '{reason}' ({count} times) at {time}: {message}")
-        }
-        _ => format!("{kind} event '{reason}' at {time}: {message}"),
-    }
-}
-
-/// Creates the Secret `name` holding `value` under `key` unless it exists; `Ok(true)` when this
-/// call created it. Secret names carry a digest of their value, so an existing one already
-/// holds the same value: one request, and nothing overwritten that a running pod may need.
-pub async fn ensure_secret(
-    cluster: &Cluster,
-    namespace: &str,
-    name: &str,
-    key: &str,
-    value: &str,
-) -> Result<bool> {
-    use k8s_openapi::api::core::v1::Secret;
-    use k8s_openapi::ByteString;
-    use std::collections::BTreeMap;
-
-    let secrets: Api<Secret> = Api::namespaced(cluster.client(), namespace);
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".into(),
-                "prefect".into(),
-            )])),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            key.to_owned(),
-            ByteString(value.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    };
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(error) => Err(K8sError::from_kube(
-            error,
-            "create",
-            &format!("secret '{name}' in namespace '{namespace}'"),
-        )),
-    }
-}
-
-/// Deletes the Secret `name`; `Ok(false)` when it did not exist.
-pub async fn delete_secret(cluster: &Cluster, namespace: &str, name: &str) -> Result<bool> {
-    use k8s_openapi::api::core::v1::Secret;
-    let secrets: Api<Secret> = Api::namespaced(cluster.client(), namespace);
-    match secrets.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-        Err(error) => Err(K8sError::from_kube(
-            error,
-            "delete",
-            &format!("secret '{name}' in namespace '{namespace}'"),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn event(value: serde_json::Value) -> Event {
-        serde_json::from_value(value).unwrap()
-    }
-
-    #[test]
-    fn events_read_with_either_timestamp_shape() {
-        let legacy = event(
-            json!({"metadata": {"name": "a"}, "involvedObject": {}, "reason": "Failed",
-            "message": "Failed to pull image", "count": 3, "lastTimestamp": "2026-01-01T00:00:05Z"}),
-        );
-        let newer = event(
-            json!({"metadata": {"name": "b"}, "involvedObject": {}, "reason": "Scheduled",
-            "message": "assigned", "eventTime": "2026-01-01T00:00:01.500000Z"}),
-        );
-        assert_eq!(
-            describe_event("Pod", &legacy),
-            "Pod event 'Failed' (3 times) at 2026-01-01T00:00:05Z: Failed to pull image"
-        );
-        assert_eq!(
-            describe_event("Pod", &newer),
-            "Pod event 'Scheduled' at 2026-01-01T00:00:01.5Z: assigned"
-        );
-        let mut events = [legacy, newer];
-        events.sort_by_key(event_time);
-        assert_eq!(
-            events[0].reason.as_deref(),
-            Some("Scheduled"),
-            "sorted by whichever time they have"
-        );
-    }
 
     #[test]
     fn retry_pauses_stay_within_the_configured_jitter_and_honour_the_server() {

@@ -1,0 +1,100 @@
+//! The Kubernetes Events that explain why a run's Job or pod did not start.
+
+use crate::k8s::cluster::Cluster;
+use crate::k8s::error::{K8sError, Result};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::ListParams;
+use kube::Api;
+
+/// Recent Events about the object `name` of `kind`, oldest first, as log lines.
+pub async fn recent_events(
+    cluster: &Cluster,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Vec<String>> {
+    let events: Api<Event> = Api::namespaced(cluster.client(), namespace);
+    let selector = format!("involvedObject.name={name},involvedObject.kind={kind}");
+    let list = events
+        .list(&ListParams::default().fields(&selector))
+        .await
+        .map_err(|error| {
+            K8sError::from_kube(error, "list", &format!("events of {kind} '{name}'"))
+        })?;
+    let mut events = list.items;
+    events.sort_by_key(event_time);
+    Ok(events
+        .iter()
+        .map(|event| describe_event(kind, event))
+        .collect())
+}
+
+/// An Event's time, whichever of the two shapes it has: legacy Events set `lastTimestamp`
+/// (or `firstTimestamp`), newer components set `eventTime` and leave those empty.
+pub fn event_time(event: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
+    event
+        .last_timestamp
+        .as_ref()
+        .map(|time| time.0)
+        .or_else(|| event.event_time.as_ref().map(|time| time.0))
+        .or_else(|| event.first_timestamp.as_ref().map(|time| time.0))
+        .or_else(|| {
+            event
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|time| time.0)
+        })
+}
+
+/// `Pod event 'Failed' (3 times) at <time>: <message>`.
+pub fn describe_event(kind: &str, event: &Event) -> String {
+    let reason = event.reason.as_deref().unwrap_or("Unknown");
+    let message = event.message.as_deref().unwrap_or("").trim();
+    let time = event_time(event)
+        .map(|time| time.to_string())
+        .unwrap_or_else(|| "an unknown time".into());
+    match event.count {
+        Some(count) if count > 1 => {
+            format!("{kind} event '{reason}' ({count} times) at {time}: {message}")
+        }
+        _ => format!("{kind} event '{reason}' at {time}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(value: serde_json::Value) -> Event {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn events_read_with_either_timestamp_shape() {
+        let legacy = event(
+            json!({"metadata": {"name": "a"}, "involvedObject": {}, "reason": "Failed",
+            "message": "Failed to pull image", "count": 3, "lastTimestamp": "2026-01-01T00:00:05Z"}),
+        );
+        let newer = event(
+            json!({"metadata": {"name": "b"}, "involvedObject": {}, "reason": "Scheduled",
+            "message": "assigned", "eventTime": "2026-01-01T00:00:01.500000Z"}),
+        );
+        assert_eq!(
+            describe_event("Pod", &legacy),
+            "Pod event 'Failed' (3 times) at 2026-01-01T00:00:05Z: Failed to pull image"
+        );
+        assert_eq!(
+            describe_event("Pod", &newer),
+            "Pod event 'Scheduled' at 2026-01-01T00:00:01.5Z: assigned"
+        );
+        let mut events = [legacy, newer];
+        events.sort_by_key(event_time);
+        assert_eq!(
+            events[0].reason.as_deref(),
+            Some("Scheduled"),
+            "sorted by whichever time they have"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! Secrets the worker creates for a run's credentials (the Prefect API key).
+
+use crate::k8s::cluster::Cluster;
+use crate::k8s::error::{K8sError, Result};
+use crate::manifest::credentials::SecretToCreate;
+use kube::api::{DeleteParams, PostParams};
+use kube::Api;
+
+/// Creates the Secret `name` holding `value` under `key` unless it exists; `Ok(true)` when this
+/// call created it. Secret names carry a digest of their value, so an existing one already
+/// holds the same value: one request, and nothing overwritten that a running pod may need.
+pub async fn ensure_secret(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<bool> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), namespace);
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".into(),
+                "prefect".into(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_owned(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(error) => Err(K8sError::from_kube(
+            error,
+            "create",
+            &format!("secret '{name}' in namespace '{namespace}'"),
+        )),
+    }
+}
+
+/// Deletes the Secret `name`; `Ok(false)` when it did not exist.
+pub async fn delete_secret(cluster: &Cluster, namespace: &str, name: &str) -> Result<bool> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), namespace);
+    match secrets.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(error) => Err(K8sError::from_kube(
+            error,
+            "delete",
+            &format!("secret '{name}' in namespace '{namespace}'"),
+        )),
+    }
+}
+
+/// The API-key Secrets this worker process created on one cluster, and how many runs whose Job
+/// may still be created reference each.
+///
+/// They outlive the worker: a pod that starts or retries later still needs its key, and their
+/// names come from the pool and the key, so a restarted worker reuses them instead of adding
+/// more. Only a Secret whose every run had its Job refused is deleted, so a refused run leaves
+/// nothing behind.
+#[derive(Default)]
+pub struct CreatedSecrets {
+    /// `(namespace, name)` -> runs referencing it.
+    users: std::sync::Mutex<std::collections::HashMap<(String, String), usize>>,
+    /// Held across a create or delete call, so a second run of the same Secret waits for the
+    /// first to know whether this process created it.
+    changing: tokio::sync::Mutex<()>,
+}
+
+/// A run's claim on a Secret this process created; give it back with [`CreatedSecrets::release`]
+/// when the run's Job is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretClaim {
+    /// The Secret's namespace.
+    pub namespace: String,
+    /// The Secret's name.
+    pub name: String,
+}
+
+impl CreatedSecrets {
+    fn users(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), usize>> {
+        // Each update is one insert, increment or remove: a poisoned map is still whole.
+        self.users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes sure the Secret exists; returns a claim when this process created it (now or for
+    /// an earlier run), None when someone else did.
+    pub async fn ensure(
+        &self,
+        cluster: &Cluster,
+        namespace: &str,
+        secret: &SecretToCreate,
+    ) -> Result<Option<SecretClaim>> {
+        let _changing = self.changing.lock().await;
+        let key = (namespace.to_owned(), secret.reference.name.clone());
+        let created = ensure_secret(
+            cluster,
+            namespace,
+            &secret.reference.name,
+            &secret.reference.key,
+            &secret.value,
+        )
+        .await?;
+        let mut users = self.users();
+        match users.get_mut(&key) {
+            Some(count) => *count += 1,
+            None if created => {
+                users.insert(key, 1);
+            }
+            None => return Ok(None),
+        }
+        Ok(Some(SecretClaim {
+            namespace: namespace.to_owned(),
+            name: secret.reference.name.clone(),
+        }))
+    }
+
+    /// A run whose Job was refused gives its claim back; the last claim deletes the Secret.
+    /// A failure to delete is returned for the run's log: the run itself failed already.
+    pub async fn release(&self, cluster: &Cluster, claim: SecretClaim) -> Result<()> {
+        let _changing = self.changing.lock().await;
+        let key = (claim.namespace, claim.name);
+        {
+            let mut users = self.users();
+            match users.get_mut(&key) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    return Ok(());
+                }
+                Some(_) => {
+                    users.remove(&key);
+                }
+                None => return Ok(()),
+            }
+        }
+        delete_secret(cluster, &key.0, &key.1).await.map(|_| ())
+    }
+
+    /// `(namespace, name)` of every Secret this process created and still counts.
+    pub fn names(&self) -> Vec<(String, String)> {
+        let mut names: Vec<_> = self.users().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Forgets every Secret (worker shutdown); the Secrets themselves stay.
+    pub fn forget(&self) {
+        self.users().clear();
+    }
+}
