@@ -12,7 +12,7 @@ mod python_errors;
 use prefect_kubernetes_rs_core::k8s::{jobs, run};
 use prefect_kubernetes_rs_core::manifest::{self, ManifestError, RunSettings};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyTuple};
 use python_errors::{conversion_error, manifest_error, manifest_error_text};
 use serde_json::{Map, Value};
 
@@ -39,6 +39,18 @@ fn job_variables(values: &Bound<'_, PyDict>) -> PyResult<Map<String, Value>> {
     let mut map = Map::with_capacity(values.len());
     for (key, value) in values.iter() {
         let name = key.str()?.to_string();
+        // JSON has no NaN or infinity; converted, they would silently become null.
+        if let Ok(number) = value.cast::<PyFloat>() {
+            if !number.value().is_finite() {
+                return Err(manifest_error_text(
+                    values.py(),
+                    format!(
+                        "job variable {name:?} cannot be used: {} is not a finite number",
+                        number.value()
+                    ),
+                ));
+            }
+        }
         let value = pythonize::depythonize::<Value>(&value).map_err(|error| {
             manifest_error_text(
                 values.py(),

@@ -123,7 +123,11 @@ def cluster() -> _core.ClusterHandle:
         "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
         "current-context": "x",
     }
-    return asyncio.run(_core.KubernetesClients().connect(kubeconfig, "x"))
+
+    async def connect() -> _core.ClusterHandle:
+        return await _core.KubernetesClients().connect(kubeconfig, "x")
+
+    return asyncio.run(connect())
 
 
 START_ARGUMENTS: dict[str, Any] = {

@@ -5,8 +5,8 @@
 //! a `N passed, M failed` summary. Used with `tools/slug-tables/fuzz_oracle.py`.
 use std::io::BufRead;
 
-use _core::manifest::shell_words::split_shell_words;
-use _core::manifest::slug::{
+use prefect_kubernetes_rs_core::manifest::shell_words::split_shell_words;
+use prefect_kubernetes_rs_core::manifest::slug::{
     slugify, slugify_image_tag, slugify_label_key, slugify_label_value, slugify_name,
     SlugifyOptions,
 };
