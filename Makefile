@@ -91,7 +91,7 @@ test-python: install testbed ## Python tests only
 	$(SOAK_CI) $(BIN)/python -m pytest -q
 
 .PHONY: test-fast
-test-fast: install ## Rust core and Python unit tests: no cluster, no server, no wheel build (~2 min)
+test-fast: install ## Rust core and Python unit tests: no cluster, no server, no wheel build (~30 s once built)
 	cargo test --locked -p prefect-kubernetes-rs-core --quiet
 	$(BIN)/python -m pytest -q -m "not cluster and not slow"
 

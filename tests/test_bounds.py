@@ -81,6 +81,23 @@ def test_timeouts_out_of_range_are_refused_naming_the_field(field: str, value: A
     assert field in str(refused.value)
 
 
+VARIABLES = sorted(TEMPLATE["variables"]["properties"])
+
+
+@pytest.mark.parametrize("variable", VARIABLES)
+@settings(max_examples=40, deadline=None)
+@given(value=st.one_of(st.sampled_from(EXTREMES), numbers))
+def test_any_variable_with_an_extreme_value_is_taken_or_refused_naming_it(
+    variable: str, value: Any
+) -> None:
+    """Every job variable of the pool: the worker builds its configuration, or refuses with the
+    variable's name (what the API server then says of a value it takes is its business)."""
+    try:
+        configuration(**{variable: value})
+    except (ValidationError, ManifestError) as refused:
+        assert variable in str(refused), str(refused)
+
+
 SETTINGS = {
     "max_retries": (1, _core.MAX_CREATE_ATTEMPTS),
     "delay_seconds": (0, _core.MAX_CREATE_PAUSE_SECONDS),

@@ -177,6 +177,15 @@ CASES: dict[str, tuple[dict, dict]] = {
             }
         },
     ),
+    # Kubernetes' rule for a key prefix is a DNS subdomain of up to 253 characters, with no
+    # limit per dot-separated part (the v1.20 API server takes this Job).
+    "key-prefixes-of-253-characters-without-dots": (
+        ORACLE_TEMPLATE,
+        {
+            "labels": {"a" * 253 + "/team": "data"},
+            "annotations": {"b" * 120 + "." + "c" * 132 + "/note": "v"},
+        },
+    ),
     "annotations-keys-slugified-values-verbatim": (
         ORACLE_TEMPLATE,
         {"annotations": {"my key!": "anything: goes, even spaces", "example.com/Ok": "v"}},

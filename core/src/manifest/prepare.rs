@@ -14,6 +14,10 @@ use serde_json::{Map, Value};
 /// The variable that tells `prefect flow-run execute` what to do when its pod gets SIGTERM.
 pub const SIGTERM_BEHAVIOR_ENV: &str = "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR";
 
+/// The Job name stem when neither the run nor the template gives one that slugifies to
+/// anything (the Python worker's; by chance also the flow container's name).
+const FALLBACK_NAME_STEM: &str = "prefect-job";
+
 /// The longest generateName we emit, leaving Kubernetes room for its random suffix within the
 /// 63 characters a Job name may have (its pods' `job-name` label must hold it).
 const GENERATE_NAME_MAX: usize = 58;
@@ -388,7 +392,7 @@ fn populate_generate_name(manifest: &mut Value, name: Option<&str>) {
     let generate_name = if needs_run_name {
         let slug = name
             .and_then(slugify_name)
-            .unwrap_or_else(|| "prefect-job".into());
+            .unwrap_or_else(|| FALLBACK_NAME_STEM.into());
         format!("{slug}-")
     } else if is_valid_generate_name(current) {
         return;
@@ -399,7 +403,7 @@ fn populate_generate_name(manifest: &mut Value, name: Option<&str>) {
         };
         match slugify_name(stem) {
             Some(slug) => format!("{slug}{dash}"),
-            None => "prefect-job-".into(),
+            None => format!("{FALLBACK_NAME_STEM}-"),
         }
     };
     metadata.insert("generateName".into(), Value::String(generate_name));
