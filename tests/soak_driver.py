@@ -2,10 +2,10 @@
 proxy, while random faults come and go; it prints one JSON summary line at the end.
 
 Each run's pod is scripted (the fake kubelet) with a known outcome: it succeeds, exits 3, is
-OOM-killed (137) or never gets its image (-1, the worker deletes the Job). Each pod prints
-lines naming its run, so every line can be checked off: none lost, none repeated. Worker RSS is
-sampled from /proc every few seconds. Driven as `prefect worker start` would drive it, minus a
-Prefect server (no API calls are made; events and API logging are off).
+OOM-killed (137) or has an image name that can never be pulled (-1, the worker deletes the
+Job). Each pod prints lines naming its run, so every line can be checked off: none lost, none
+repeated. Worker RSS is sampled from /proc every few seconds. Driven as `prefect worker start`
+would drive it, minus a Prefect server (no API calls are made; events and API logging are off).
 
     python tests/soak_driver.py --kubeconfig K --proxy-control URL --in-flight 1000 \\
         --seconds 600 --seed 7
@@ -35,7 +35,7 @@ OUTCOMES = [
     ("succeeds", 70, {}, 0),
     ("exits 3", 10, {"exit-code": "3"}, 3),
     ("oom-killed", 10, {"oom": "true"}, 137),
-    ("image pull fails", 10, {"image-pull": "ErrImagePull"}, -1),
+    ("invalid image name", 10, {"invalid-image": "true"}, -1),
 ]
 LINES_PER_RUN = 5
 

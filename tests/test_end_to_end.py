@@ -202,10 +202,12 @@ async def test_container_that_exits_non_zero_before_reporting_is_crashed_with_it
 async def test_image_that_cannot_be_pulled_crashes_the_run_and_removes_its_job(
     stack, worker, testbed, namespace
 ):
+    # The kubelet retries pulls, so the run waits up to pod_watch_timeout_seconds (5 s here).
     flow_run = await deploy_and_run(
         stack,
         "report_environment",
         namespace=namespace,
+        pod_watch_timeout_seconds=5,
         annotations={SCRIPT + "image-pull": "ImagePullBackOff"},
     )
     finished = await final_state(stack, flow_run)

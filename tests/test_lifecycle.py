@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -189,14 +190,83 @@ async def test_oom_killed_is_137(worker, cluster_config):
 async def test_image_pull_failure_deletes_the_job_and_shows_events(
     worker, cluster_config, testbed, caplog
 ):
+    """An image that never arrives: the kubelet retries, so the run waits, then gives up when
+    `pod_watch_timeout_seconds` passes (3 s here), with the pull error, a hint and the Events."""
     caplog.set_level(logging.INFO)
     result, _, flow_run = await run_flow(
-        worker, cluster_config, annotations=scripted(image_pull="ImagePullBackOff")
+        worker,
+        cluster_config,
+        pod_watch_timeout_seconds=3,
+        annotations=scripted(image_pull="ImagePullBackOff"),
     )
     assert result.status_code == -1
     text = caplog.text
     assert "cannot start: ErrImagePull" in text or "cannot start: ImagePullBackOff" in text
     assert "Pod event 'Failed'" in text and "Failed to pull image" in text
+    for _ in range(50):
+        if not jobs_of(testbed, flow_run):
+            break
+        await asyncio.sleep(0.2)
+    assert jobs_of(testbed, flow_run) == [], "the Job must be deleted so it cannot start later"
+
+
+async def test_a_pull_that_fails_twice_then_succeeds_runs_to_completion(
+    worker, cluster_config, caplog
+):
+    """A registry's 429 or a tag pushed a minute late: the kubelet pulls again with back-off
+    (ErrImagePull, ImagePullBackOff, 10 s then 20 s here), and the run completes. The run's
+    log says once why it waits."""
+    caplog.set_level(logging.INFO)
+    result, _, _ = await run_flow(
+        worker, cluster_config, annotations=scripted(image_pull_failures=2, log_lines=2)
+    )
+    assert result.status_code == 0
+    waits = [r.message for r in caplog.records if "pod is Pending (ErrImagePull" in r.message]
+    assert len(waits) == 1, waits
+    assert "pull access denied" in waits[0]
+
+
+async def test_an_invalid_image_name_ends_the_run_at_once(worker, cluster_config, caplog):
+    """InvalidImageName is never retried by the kubelet: no point in waiting."""
+    caplog.set_level(logging.INFO)
+    started = time.monotonic()
+    result, _, _ = await run_flow(worker, cluster_config, annotations=scripted(invalid_image=True))
+    assert result.status_code == -1
+    assert time.monotonic() - started < 30, "not the pod-start timeout (60 s)"
+    assert "container 'prefect-job' cannot start: InvalidImageName" in caplog.text
+
+
+async def test_a_node_an_autoscaler_adds_90_s_later_runs_with_the_default_timeout(
+    worker, cluster_config, caplog
+):
+    """The issue's acceptance: default variables (60 s), the pod Unschedulable until a node
+    joins 90 s later; the autoscaler's TriggeredScaleUp Event holds the wait."""
+    caplog.set_level(logging.INFO)
+    result, _, _ = await run_flow(
+        worker, cluster_config, annotations=scripted(scale_up_seconds=90, log_lines=1)
+    )
+    assert result.status_code == 0
+    assert "pod is Pending (Unschedulable: 0/1 nodes are available" in caplog.text
+    assert "a node is being added for pod" in caplog.text
+    assert "TriggeredScaleUp: pod triggered scale-up" in caplog.text
+
+
+async def test_a_pod_no_node_will_take_is_given_up_with_the_schedulers_words(
+    worker, cluster_config, testbed, caplog
+):
+    caplog.set_level(logging.INFO)
+    result, _, flow_run = await run_flow(
+        worker,
+        cluster_config,
+        pod_watch_timeout_seconds=12,  # the autoscaler's Events are read every 10 s
+        annotations=scripted(unschedulable=True),
+    )
+    assert result.status_code == -1
+    text = caplog.text
+    assert "did not start within 12 s (pod_watch_timeout_seconds); no node can take it: " in text
+    assert "0/1 nodes are available: 1 Insufficient cpu." in text
+    assert "no node will be added for pod" in text and "NotTriggerScaleUp" in text
+    assert "Hint: compare the pod's resource requests" in text
     for _ in range(50):
         if not jobs_of(testbed, flow_run):
             break

@@ -148,10 +148,26 @@ def test_foreground_deletion_removes_the_pods(testbed):
             {"unschedulable": "true"},
             lambda pod, events: (
                 "FailedScheduling" in events
+                and "NotTriggerScaleUp" in events
                 and any(
                     c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
                     for c in pod["status"].get("conditions", [])
                 )
+            ),
+        ),
+        (
+            {"scale-up-seconds": "2", "run-seconds": "30"},
+            lambda pod, events: (
+                {"FailedScheduling", "TriggeredScaleUp"} <= events
+                and pod["status"].get("phase") == "Running"
+            ),
+        ),
+        (
+            {"image-pull-failures": "1", "run-seconds": "30"},
+            lambda pod, events: (
+                "Failed" in events
+                and "Pulled" in events
+                and pod["status"].get("phase") == "Running"
             ),
         ),
         (
@@ -189,6 +205,8 @@ def test_foreground_deletion_removes_the_pods(testbed):
         "exit-code",
         "image-pull",
         "unschedulable",
+        "scale-up",
+        "image-pull-failures",
         "eviction",
         "invalid-image",
         "node-lost",

@@ -64,7 +64,8 @@ impl<'de> Deserialize<'de> for WatchedPod {
     }
 }
 
-/// A Job from the watch: metadata as above, its whole status and of its spec the backoff limit.
+/// A Job from the watch: metadata as above, its whole status and of its spec the backoff
+/// limit, `suspend` (Kueue's queue) and `managedBy` (pods run by another controller).
 #[derive(Clone, Debug)]
 pub struct WatchedJob(pub Job);
 
@@ -74,6 +75,8 @@ impl<'de> Deserialize<'de> for WatchedJob {
         #[serde(rename_all = "camelCase")]
         struct WireSpec {
             backoff_limit: Option<i32>,
+            suspend: Option<bool>,
+            managed_by: Option<String>,
         }
         #[derive(Deserialize)]
         struct Wire {
@@ -86,6 +89,8 @@ impl<'de> Deserialize<'de> for WatchedJob {
             metadata: wire.metadata.into(),
             spec: wire.spec.map(|spec| JobSpec {
                 backoff_limit: spec.backoff_limit,
+                suspend: spec.suspend,
+                managed_by: spec.managed_by,
                 ..JobSpec::default()
             }),
             status: wire.status,

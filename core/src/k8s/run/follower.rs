@@ -1,9 +1,10 @@
 //! Following a run's Job from the shared watchers: pod start, log streams, deadlines, outcome.
 
-use super::state::{JobEnd, RunState, StartStatus};
+use super::start_clock::PodStart;
+use super::state::{JobEnd, RunState, StartStatus, Waiting};
 use super::{FollowOptions, Level, RunEvent, RunOutcome};
 use crate::k8s::cluster::Cluster;
-use crate::k8s::events::recent_events;
+use crate::k8s::events::{recent_events, scale_up_news};
 use crate::k8s::jobs::delete_job;
 use crate::k8s::logs::{follow_container_log, LogSink};
 use crate::k8s::watch::RunSubscription;
@@ -143,27 +144,53 @@ impl RunFollower {
     ) -> RunOutcome {
         // (The worker said "waiting for its pod to start" with the Job's creation.)
         let job = self.job_name.clone();
-        let start_deadline = deadline_after(options.pod_watch_timeout);
-        let mut last_pending = None;
+        let timeout = options.pod_watch_timeout;
+        let mut start = PodStart::new(timeout);
         loop {
             if let Some(end) = state.job_end() {
                 return self
                     .ended(state, subscription, &end, options.stream_output)
                     .await;
             }
+            if let Some(controller) = state.managed_elsewhere() {
+                // MultiKueue and its kind run the pods in another cluster: nothing starts here.
+                self.say(
+                    Level::Info,
+                    format!(
+                        "Job '{job}' is managed by '{controller}', which runs its pods elsewhere: \
+                         their logs and exit code are not available here; following the Job's status"
+                    ),
+                )
+                .await;
+                return self.follow_status_only(state, subscription).await;
+            }
             match state.start_status() {
                 StartStatus::Started => break,
                 StartStatus::Stuck(diagnosis) => return self.give_up(state, &diagnosis).await,
-                StartStatus::Pending(reason) => {
-                    if reason != last_pending {
-                        if let Some(reason) = &reason {
-                            self.say(
-                                Level::Info,
-                                format!("Job '{job}': pod is Pending ({reason})"),
-                            )
-                            .await;
+                StartStatus::Suspended => {
+                    if start.suspend() {
+                        self.say(
+                            Level::Info,
+                            format!(
+                                "Job '{job}' is suspended (queued, e.g. by Kueue): waiting for it \
+                                 to be admitted; pod_watch_timeout_seconds counts from then"
+                            ),
+                        )
+                        .await;
+                    }
+                }
+                StartStatus::Pending(waiting) => {
+                    start.pending(state.newest_pod_scheduled());
+                    if start.waiting_changed(&waiting) {
+                        if let Some(waiting) = &waiting {
+                            self.say(Level::Info, format!("Job '{job}': pod is Pending ({waiting})"))
+                                .await;
                         }
-                        last_pending = reason;
+                    }
+                    if waiting.as_ref().is_some_and(Waiting::is_unschedulable) {
+                        self.hear_from_the_autoscaler(state, &mut start).await;
+                    } else {
+                        start.no_scale_up_needed();
                     }
                 }
             }
@@ -171,14 +198,11 @@ impl RunFollower {
                 alive = self.next_event(state, subscription) => if !alive {
                     return watchers_gone();
                 },
-                _ = sleep_until(start_deadline) => {
-                    let diagnosis = format!(
-                        "the pod did not start within {} s (pod_watch_timeout_seconds){}",
-                        options.pod_watch_timeout.as_secs(),
-                        last_pending.map(|reason| format!("; last reason: {reason}")).unwrap_or_default()
-                    );
+                _ = sleep_until(start.deadline()) => {
+                    let diagnosis = start.gave_up(timeout);
                     return self.give_up(state, &diagnosis).await;
                 }
+                _ = sleep_until(start.next_autoscaler_look()) => {}
             }
         }
         self.say(Level::Info, format!("Job '{job}': pod started"))
@@ -211,6 +235,53 @@ impl RunFollower {
                         evicted: false,
                     };
                 }
+            }
+        }
+    }
+
+    /// While no node can take the pod, asks now and then whether a node autoscaler is adding
+    /// one (its Events on the pod); says so once per change.
+    async fn hear_from_the_autoscaler(&self, state: &RunState, start: &mut PodStart) {
+        if !start.autoscaler_look_due() {
+            return;
+        }
+        let Some(pod) = state.newest_pod_name() else { return };
+        match scale_up_news(&self.cluster, &self.namespace, &pod).await {
+            Ok(news) => {
+                if let Some(news) = start.autoscaler_said(news) {
+                    let text = if news.node_coming {
+                        format!(
+                            "Job '{}': a node is being added for pod '{pod}' ({}); waiting for it",
+                            self.job_name, news.text
+                        )
+                    } else {
+                        format!(
+                            "Job '{}': no node will be added for pod '{pod}' ({})",
+                            self.job_name, news.text
+                        )
+                    };
+                    self.say(Level::Info, text).await;
+                }
+            }
+            Err(error) => {
+                start.autoscaler_said(None);
+                log::debug!("cannot read the Events of pod '{pod}': {error}");
+            }
+        }
+    }
+
+    /// A Job whose pods run elsewhere: its end comes from its conditions alone.
+    async fn follow_status_only(
+        &mut self,
+        state: &mut RunState,
+        subscription: &mut RunSubscription,
+    ) -> RunOutcome {
+        loop {
+            if let Some(end) = state.job_end() {
+                return self.ended(state, subscription, &end, false).await;
+            }
+            if !self.next_event(state, subscription).await {
+                return watchers_gone();
             }
         }
     }

@@ -12,13 +12,14 @@
 pub mod follower;
 pub mod kill;
 pub mod start;
+pub mod start_clock;
 pub mod state;
 pub mod stream;
 
 pub use follower::{active_followers, follow_run};
 pub use kill::{kill_run, parse_pid_for, KillError};
 pub use start::{start_run, RunRequest, StartError, StartedRun};
-pub use state::{JobEnd, RunState, StartStatus};
+pub use state::{JobEnd, RunState, StartStatus, Waiting};
 pub use stream::RunEventStream;
 
 use std::time::Duration;

@@ -7,13 +7,14 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// Waiting reasons after which a pod will not start without someone changing something.
-const HARD_WAITING_REASONS: [&str; 4] = [
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-];
+/// Waiting reasons the kubelet never retries: the pod will not start, waiting cannot help.
+/// (`ErrImagePull`, `ImagePullBackOff` and `CreateContainerConfigError` are retried, with
+/// back-off: a registry's 429, a tag pushed a minute later, a Secret created after the Job.)
+const FATAL_WAITING_REASONS: [&str; 2] = ["InvalidImageName", "ErrImageNeverPull"];
+
+/// The Job controller of Kubernetes itself; any other `spec.managedBy` runs the Job elsewhere.
+const BUILT_IN_JOB_CONTROLLER: &str = "kubernetes.io/job-controller";
+
 /// Why the Job is over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEnd {
@@ -25,14 +26,56 @@ pub enum JobEnd {
     Deleted,
 }
 
+/// Why a pod waits, as Kubernetes says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The container that waits, when it is a container's reason.
+    pub container: Option<String>,
+    /// `Unschedulable`, `ErrImagePull`, `ImagePullBackOff`, `ContainerCreating`, ...
+    pub reason: String,
+    /// The scheduler's or the kubelet's words, when there are any.
+    pub message: Option<String>,
+}
+
+impl Waiting {
+    /// The scheduler found no node for the pod.
+    pub fn is_unschedulable(&self) -> bool {
+        self.reason == "Unschedulable"
+    }
+
+    /// The image could not be pulled (yet).
+    pub fn is_image_pull(&self) -> bool {
+        matches!(self.reason.as_str(), "ErrImagePull" | "ImagePullBackOff")
+    }
+
+    /// `container 'c' cannot start: <reason>: <message>`.
+    pub fn cannot_start(&self) -> String {
+        format!(
+            "container '{}' cannot start: {self}",
+            self.container.as_deref().unwrap_or("?")
+        )
+    }
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.message {
+            Some(message) => write!(f, "{}: {}", self.reason, message.trim_end()),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
 /// Where the pod start stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartStatus {
-    /// No pod yet, or all pending; the latest reason when there is one.
-    Pending(Option<String>),
+    /// The Job is suspended (queued, e.g. by Kueue): it has no pods until it is admitted.
+    Suspended,
+    /// No pod yet, or all pending: why the newest waits, when Kubernetes says.
+    Pending(Option<Waiting>),
     /// A pod left Pending.
     Started,
-    /// A pod cannot start without outside help.
+    /// A pod cannot start, and waiting cannot help.
     Stuck(String),
 }
 
@@ -179,25 +222,81 @@ impl RunState {
         matching.or(pods.first()).copied()
     }
 
-    /// Has a pod left Pending, or is one stuck for good?
+    /// Has a pod left Pending, is one stuck for good, or does the Job wait to be admitted?
     pub fn start_status(&self) -> StartStatus {
         let pods = self.pods_newest_first();
         if pods.iter().any(|pod| pod_phase(pod) != "Pending") {
             return StartStatus::Started;
         }
         for pod in &pods {
-            if let Some(diagnosis) = stuck_reason(pod) {
+            if let Some(diagnosis) = fatal_reason(pod) {
                 return StartStatus::Stuck(diagnosis);
             }
         }
-        StartStatus::Pending(pods.first().and_then(|pod| pending_reason(pod)))
+        if pods.is_empty() && self.is_suspended() {
+            return StartStatus::Suspended;
+        }
+        StartStatus::Pending(pods.first().and_then(|pod| waiting(pod)))
+    }
+
+    /// Has the newest pod been bound to a node? (Progress: the pod-start clock starts anew.)
+    pub fn newest_pod_scheduled(&self) -> bool {
+        self.pods_newest_first().first().is_some_and(|pod| {
+            pod.status.as_ref().is_some_and(|status| {
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|condition| condition.type_ == "PodScheduled" && condition.status == "True")
+            })
+        })
+    }
+
+    /// The newest pod's name, if any.
+    pub fn newest_pod_name(&self) -> Option<String> {
+        self.pods_newest_first()
+            .first()
+            .and_then(|pod| pod.metadata.name.clone())
+    }
+
+    /// Is the Job suspended (`spec.suspend`, or the `Suspended` condition)?
+    pub fn is_suspended(&self) -> bool {
+        let Some(job) = &self.job else { return false };
+        job.spec.as_ref().and_then(|spec| spec.suspend) == Some(true)
+            || job
+                .status
+                .as_ref()
+                .and_then(|status| status.conditions.as_ref())
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|condition| condition.type_ == "Suspended" && condition.status == "True")
+                })
+    }
+
+    /// The controller that runs the Job when it is not Kubernetes' own (`spec.managedBy`, e.g.
+    /// MultiKueue, which runs its pods in another cluster): there are no pods here to follow.
+    pub fn managed_elsewhere(&self) -> Option<String> {
+        self.job
+            .as_ref()?
+            .spec
+            .as_ref()?
+            .managed_by
+            .clone()
+            .filter(|controller| controller != BUILT_IN_JOB_CONTROLLER)
     }
 
     /// Whether and how the Job is over.
     pub fn job_end(&self) -> Option<JobEnd> {
+        // A Job deleted right after it ended (its TTL, a user) ended as its conditions say.
+        let end = self.job_end_from_status();
         if self.job_deleted {
-            return Some(JobEnd::Deleted);
+            return Some(end.unwrap_or(JobEnd::Deleted));
         }
+        end
+    }
+
+    fn job_end_from_status(&self) -> Option<JobEnd> {
         let job = self.job.as_ref()?;
         let status = job.status.as_ref()?;
         for condition in status.conditions.iter().flatten() {
@@ -221,9 +320,14 @@ impl RunState {
             .as_ref()
             .and_then(|spec| spec.backoff_limit)
             .unwrap_or(6);
-        // Without the condition, only once nothing runs: a pod deleted from outside counts as
-        // failed while the Job controller may still run its replacement to the end.
-        if status.failed.unwrap_or(0) > backoff_limit && status.active.unwrap_or(0) == 0 {
+        // Without a condition (a v1.20 API server may lag with it), only once nothing runs or
+        // terminates: a pod deleted from outside counts as failed while the Job controller may
+        // still run its replacement to the end. Newer API servers always set the conditions,
+        // and their counters lag (Job tracking with finalizers, 1.26+).
+        if status.failed.unwrap_or(0) > backoff_limit
+            && status.active.unwrap_or(0) == 0
+            && status.terminating.unwrap_or(0) == 0
+        {
             return Some(JobEnd::Failed("BackoffLimitExceeded".into()));
         }
         None
@@ -343,10 +447,16 @@ fn pod_phase(pod: &Pod) -> &str {
         .unwrap_or("Pending")
 }
 
+/// Evicted by the kubelet (`reason: Evicted`), or disrupted as 1.26+ clusters say it: the
+/// `DisruptionTarget` condition of API-initiated evictions, drains, preemption and the taint
+/// manager.
 fn is_evicted(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .is_some_and(|status| status.reason.as_deref() == Some("Evicted"))
+    pod.status.as_ref().is_some_and(|status| {
+        status.reason.as_deref() == Some("Evicted")
+            || status.conditions.iter().flatten().any(|condition| {
+                condition.type_ == "DisruptionTarget" && condition.status == "True"
+            })
+    })
 }
 
 /// The status of the container named `prefect-job`, else of the only container.
@@ -382,7 +492,9 @@ fn terminated_reason(status: &ContainerStatus) -> Option<String> {
     status.state.as_ref()?.terminated.as_ref()?.reason.clone()
 }
 
-fn stuck_reason(pod: &Pod) -> Option<String> {
+/// A waiting reason the kubelet never retries, on any container of the pod (an init container
+/// or a sidecar that cannot start holds the whole pod).
+fn fatal_reason(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
     let containers = status
         .init_container_statuses
@@ -396,7 +508,7 @@ fn stuck_reason(pod: &Pod) -> Option<String> {
             .and_then(|state| state.waiting.as_ref())
         {
             let reason = waiting.reason.as_deref().unwrap_or("");
-            if HARD_WAITING_REASONS.contains(&reason) {
+            if FATAL_WAITING_REASONS.contains(&reason) {
                 return Some(format!(
                     "container '{}' cannot start: {reason}: {}",
                     container.name,
@@ -405,33 +517,52 @@ fn stuck_reason(pod: &Pod) -> Option<String> {
             }
         }
     }
-    for condition in status.conditions.iter().flatten() {
-        if condition.type_ == "PodScheduled"
-            && condition.status == "False"
-            && condition.reason.as_deref() == Some("Unschedulable")
-        {
-            return Some(format!(
-                "the pod cannot be scheduled: {}",
-                condition.message.as_deref().unwrap_or("no node fits it")
-            ));
-        }
-    }
     None
 }
 
-fn pending_reason(pod: &Pod) -> Option<String> {
+/// Why a pending pod waits: the scheduler's verdict first (nothing else happens before a
+/// node is found), then the first waiting container (init containers first: they go first),
+/// then the pod's own reason.
+fn waiting(pod: &Pod) -> Option<Waiting> {
     let status = pod.status.as_ref()?;
+    let unscheduled = status.conditions.iter().flatten().find(|condition| {
+        condition.type_ == "PodScheduled"
+            && condition.status == "False"
+            && condition.reason.as_deref() == Some("Unschedulable")
+    });
+    if let Some(condition) = unscheduled {
+        return Some(Waiting {
+            container: None,
+            reason: "Unschedulable".into(),
+            message: condition.message.clone(),
+        });
+    }
     status
-        .container_statuses
+        .init_container_statuses
         .iter()
         .flatten()
-        .find_map(|container| container.state.as_ref()?.waiting.as_ref()?.reason.clone())
-        .or_else(|| status.reason.clone())
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|container| {
+            let waiting = container.state.as_ref()?.waiting.as_ref()?;
+            Some(Waiting {
+                container: Some(container.name.clone()),
+                reason: waiting.reason.clone()?,
+                message: waiting.message.clone().filter(|message| !message.is_empty()),
+            })
+        })
+        .or_else(|| {
+            Some(Waiting {
+                container: None,
+                reason: status.reason.clone()?,
+                message: status.message.clone(),
+            })
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::batch::v1::JobSpec;
     use serde_json::json;
 
     const JOB: &str = "flow-abcde";
@@ -481,31 +612,45 @@ mod tests {
             "2026-01-01T00:00:00Z",
             waiting("ContainerCreating"),
         )));
-        assert_eq!(
-            state.start_status(),
-            StartStatus::Pending(Some("ContainerCreating".into()))
-        );
+        match state.start_status() {
+            StartStatus::Pending(Some(waiting)) => {
+                assert_eq!(waiting.reason, "ContainerCreating");
+                assert_eq!(waiting.container.as_deref(), Some("prefect-job"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
+    /// Was `image_pull_failures_and_unschedulable_pods_are_stuck`: pull failures, missing
+    /// Secrets and Unschedulable are retried by Kubernetes, so they are reasons to wait now.
     #[test]
-    fn image_pull_failures_and_unschedulable_pods_are_stuck() {
-        for reason in [
-            "ImagePullBackOff",
-            "ErrImagePull",
-            "InvalidImageName",
-            "CreateContainerConfigError",
-        ] {
+    fn only_reasons_the_kubelet_never_retries_are_stuck() {
+        for reason in ["InvalidImageName", "ErrImageNeverPull"] {
             let mut state = RunState::new(JOB);
-            state.apply_pod(ObjectEvent::Applied(pod(
-                "p1",
-                "2026-01-01T00:00:00Z",
-                waiting(reason),
-            )));
+            state.apply_pod(ObjectEvent::Applied(pod("p1", "2026-01-01T00:00:00Z", waiting(reason))));
             match state.start_status() {
-                StartStatus::Stuck(diagnosis) => assert!(diagnosis.contains(reason), "{diagnosis}"),
+                StartStatus::Stuck(diagnosis) => assert_eq!(
+                    diagnosis,
+                    format!("container 'prefect-job' cannot start: {reason}: pull access denied")
+                ),
                 other => panic!("{reason}: {other:?}"),
             }
         }
+        for reason in ["ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"] {
+            let mut state = RunState::new(JOB);
+            state.apply_pod(ObjectEvent::Applied(pod("p1", "2026-01-01T00:00:00Z", waiting(reason))));
+            match state.start_status() {
+                StartStatus::Pending(Some(waiting)) => {
+                    assert_eq!(waiting.reason, reason);
+                    assert_eq!(waiting.message.as_deref(), Some("pull access denied"));
+                }
+                other => panic!("{reason}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unschedulable_pod_waits_with_the_schedulers_words_until_it_is_bound() {
         let mut state = RunState::new(JOB);
         state.apply_pod(ObjectEvent::Applied(pod(
             "p1",
@@ -514,12 +659,175 @@ mod tests {
             "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                             "message": "0/1 nodes are available: 1 Insufficient cpu."}]}),
         )));
+        let StartStatus::Pending(Some(waiting)) = state.start_status() else {
+            panic!("{:?}", state.start_status())
+        };
+        assert!(waiting.is_unschedulable());
         assert_eq!(
-            state.start_status(),
-            StartStatus::Stuck(
-                "the pod cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu.".into()
-            )
+            waiting.to_string(),
+            "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."
         );
+        assert!(!state.newest_pod_scheduled());
+        state.apply_pod(ObjectEvent::Applied(pod(
+            "p1",
+            "2026-01-01T00:00:00Z",
+            json!({"phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [{"name": "prefect-job", "image": "x", "imageID": "",
+                "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+        )));
+        assert!(state.newest_pod_scheduled());
+    }
+
+    fn job_with(spec: serde_json::Value, status: serde_json::Value) -> Job {
+        let mut job = job(status);
+        let extra: JobSpec = serde_json::from_value(spec).unwrap();
+        let base = job.spec.get_or_insert_with(JobSpec::default);
+        base.suspend = extra.suspend;
+        base.managed_by = extra.managed_by;
+        if extra.backoff_limit.is_some() {
+            base.backoff_limit = extra.backoff_limit;
+        }
+        job
+    }
+
+    /// 1.21-1.24 (`suspend`; Kueue creates its Jobs suspended): no pods and no clock until
+    /// admitted. The condition `Suspended` is written by the Job controller of 1.21+.
+    #[test]
+    fn v1_24_a_suspended_job_waits_to_be_admitted_and_a_resuspended_one_is_not_over() {
+        let mut state = RunState::new(JOB);
+        state.apply_job(ObjectEvent::Applied(job_with(
+            json!({"suspend": true, "template": {"spec": {"containers": []}}}),
+            json!({"conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]}),
+        )));
+        assert_eq!(state.start_status(), StartStatus::Suspended);
+        assert_eq!(state.job_end(), None);
+        state.apply_job(ObjectEvent::Applied(job_with(
+            json!({"suspend": false, "template": {"spec": {"containers": []}}}),
+            json!({"active": 1, "conditions": [{"type": "Suspended", "status": "False", "reason": "JobResumed"}]}),
+        )));
+        assert_eq!(state.start_status(), StartStatus::Pending(None));
+        // Suspended again mid-run (Kueue preemption): the pods go, the Job is not over.
+        state.apply_pod(ObjectEvent::Applied(pod("p1", "2026-01-01T00:00:00Z", json!({"phase": "Running"}))));
+        state.apply_job(ObjectEvent::Applied(job_with(
+            json!({"suspend": true, "template": {"spec": {"containers": []}}}),
+            json!({"active": 0, "conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]}),
+        )));
+        state.apply_pod(ObjectEvent::Deleted(pod("p1", "2026-01-01T00:00:00Z", json!({"phase": "Running"}))));
+        assert_eq!(state.job_end(), None);
+    }
+
+    /// 1.31+ (`FailureTarget` on by default): the interim condition comes while the failed
+    /// pod still terminates; `podFailurePolicy` FailJob fails the Job with `failed` at or
+    /// below `backoffLimit` (reason `PodFailurePolicy`); with the default
+    /// `podReplacementPolicy` a replacement pod may already exist and be the newest.
+    #[test]
+    fn v1_31_failure_target_from_a_pod_failure_policy_ends_with_the_failed_pods_code() {
+        let mut state = RunState::new(JOB);
+        state.apply_pod(ObjectEvent::Applied(pod("p1", "2026-01-01T00:00:00Z", terminated(42, "Error"))));
+        state.apply_pod(ObjectEvent::Applied(pod("p2", "2026-01-01T00:00:05Z", waiting("ContainerCreating"))));
+        state.apply_job(ObjectEvent::Applied(job_with(
+            json!({"backoffLimit": 6, "template": {"spec": {"containers": []}}}),
+            json!({"active": 1, "failed": 1, "terminating": 1, "conditions": [
+                {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy",
+                 "message": "Container prefect-job for pod default/p1 failed with exit code 42 matching FailJob rule at index 0"}]}),
+        )));
+        let end = state.job_end().expect("the interim condition settles it");
+        assert_eq!(end, JobEnd::Failed("PodFailurePolicy".into()));
+        assert_eq!(state.outcome(&end).exit_code, 42, "the pod that failed, not the replacement");
+    }
+
+    /// 1.26+ (Job tracking with finalizers) and 1.29+ (`status.terminating`): the counters
+    /// lag; with a pod still terminating nothing is over without a condition.
+    #[test]
+    fn v1_29_counters_are_not_an_end_while_a_pod_terminates() {
+        let mut state = RunState::new(JOB);
+        state.apply_job(ObjectEvent::Applied(job(json!({"active": 0, "failed": 1, "terminating": 1}))));
+        assert_eq!(state.job_end(), None);
+        state.apply_job(ObjectEvent::Applied(job(json!({"active": 0, "failed": 1, "terminating": 0}))));
+        assert_eq!(state.job_end(), Some(JobEnd::Failed("BackoffLimitExceeded".into())));
+    }
+
+    /// 1.26+ kubelets, API evictions, drains and preemption mark the pod with the
+    /// `DisruptionTarget` condition (reason e.g. `TerminationByKubelet`, `EvictionByEvictionAPI`,
+    /// `PreemptionByScheduler`) instead of, or besides, `reason: Evicted`.
+    #[test]
+    fn v1_27_disruption_target_counts_as_an_eviction() {
+        let mut state = RunState::new(JOB);
+        let changes = state.apply_pod(ObjectEvent::Applied(pod(
+            "p1",
+            "2026-01-01T00:00:00Z",
+            json!({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}],
+                "containerStatuses": [{"name": "prefect-job", "image": "x", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 143, "reason": "Error"}}}]}),
+        )));
+        assert!(changes[0].evicted);
+        state.apply_job(ObjectEvent::Applied(job(json!({"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}))));
+        let outcome = state.outcome(&state.job_end().unwrap());
+        assert!(outcome.evicted);
+        assert_eq!(outcome.exit_code, 143);
+    }
+
+    /// 1.29+ native sidecars: restartable init containers are in `initContainerStatuses`,
+    /// still running (or killed) when the flow's container has ended; they decide nothing.
+    #[test]
+    fn v1_29_a_native_sidecar_never_decides_the_exit_code() {
+        let mut state = RunState::new(JOB);
+        state.apply_pod(ObjectEvent::Applied(pod(
+            "p1",
+            "2026-01-01T00:00:00Z",
+            json!({"phase": "Succeeded",
+                "initContainerStatuses": [{"name": "istio-proxy", "image": "x", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}],
+                "containerStatuses": [{"name": "prefect-job", "image": "x", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}),
+        )));
+        state.apply_job(ObjectEvent::Applied(job(json!({"succeeded": 1, "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True"},
+            {"type": "Complete", "status": "True"}]}))));
+        assert_eq!(state.outcome(&state.job_end().unwrap()).exit_code, 0);
+        assert_eq!(state.pods_with_logs(), vec!["p1".to_owned()]);
+    }
+
+    /// 1.30-1.32 `managedBy` (MultiKueue): the status is mirrored from another cluster, there
+    /// are no local pods; the end comes from the conditions.
+    #[test]
+    fn v1_32_a_job_managed_elsewhere_ends_from_its_conditions() {
+        let mut state = RunState::new(JOB);
+        let spec = json!({"managedBy": "kueue.x-k8s.io/multikueue",
+                          "template": {"spec": {"containers": []}}});
+        state.apply_job(ObjectEvent::Applied(job_with(spec.clone(), json!({}))));
+        assert_eq!(state.managed_elsewhere().as_deref(), Some("kueue.x-k8s.io/multikueue"));
+        state.apply_job(ObjectEvent::Applied(job_with(spec.clone(), json!({"conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}))));
+        let outcome = state.outcome(&state.job_end().unwrap());
+        assert_eq!(outcome.exit_code, -1);
+        assert!(outcome.message.unwrap().contains("BackoffLimitExceeded"));
+        let mut own = RunState::new(JOB);
+        own.apply_job(ObjectEvent::Applied(job_with(
+            json!({"managedBy": "kubernetes.io/job-controller", "template": {"spec": {"containers": []}}}),
+            json!({}),
+        )));
+        assert_eq!(own.managed_elsewhere(), None);
+    }
+
+    /// 1.23+ `ttlSecondsAfterFinished`: the Job may be deleted right after it completed, the
+    /// DELETED event carrying the final status.
+    #[test]
+    fn v1_23_a_job_deleted_by_its_ttl_after_completing_is_a_success() {
+        let mut state = RunState::new(JOB);
+        state.apply_job(ObjectEvent::Deleted(job(json!({"succeeded": 1, "conditions": [
+            {"type": "Complete", "status": "True"}]}))));
+        assert_eq!(state.job_end(), Some(JobEnd::Complete));
+        let mut gone = RunState::new(JOB);
+        gone.apply_job(ObjectEvent::Deleted(job(json!({"active": 1}))));
+        assert_eq!(gone.job_end(), Some(JobEnd::Deleted));
     }
 
     #[test]

@@ -35,6 +35,8 @@ const COMMON_KEYS: &[&str] = &[
     "mode",
     "unschedulable",
     "unschedulable-message",
+    "scale-up-seconds",
+    "image-pull-failures",
     "start-delay-seconds",
     "image-pull",
     "invalid-image",
@@ -67,6 +69,9 @@ pub struct Unschedulable {
     /// `None`: forever; `Some(d)`: bind after `d`.
     pub for_duration: Option<Duration>,
     pub message: String,
+    /// A node autoscaler adds a node for the pod (a `TriggeredScaleUp` Event at once, the pod
+    /// bound when the node is there); else a forever-unschedulable pod gets `NotTriggerScaleUp`.
+    pub scale_up: bool,
 }
 
 /// Pod-wide behaviour.
@@ -86,6 +91,8 @@ pub struct PodBehaviour {
 pub struct ContainerBehaviour {
     pub start_delay: Duration,
     pub image_pull: Option<PullFailure>,
+    /// With `image_pull`: the pull fails this many times, then succeeds (None: never).
+    pub image_pull_failures: Option<u64>,
     pub invalid_image: bool,
     pub config_error: Option<String>,
     pub script: ScriptSpec,
@@ -254,13 +261,20 @@ impl<'a> Annotations<'a> {
                     None => parse_seconds(v).map(|d| Some(Some(d))),
                 },
             )
-            .flatten()
-            .map(|for_duration| Unschedulable {
-                for_duration,
-                message: self
-                    .string("unschedulable-message", None)
-                    .unwrap_or_else(|| DEFAULT_UNSCHEDULABLE_MESSAGE.to_string()),
-            });
+            .flatten();
+        let scale_up = self.seconds("scale-up-seconds", None);
+        let unschedulable = match (unschedulable, scale_up) {
+            (_, Some(node_after)) => Some((Some(node_after), true)),
+            (Some(for_duration), None) => Some((for_duration, false)),
+            (None, None) => None,
+        }
+        .map(|(for_duration, scale_up)| Unschedulable {
+            for_duration,
+            message: self
+                .string("unschedulable-message", None)
+                .unwrap_or_else(|| DEFAULT_UNSCHEDULABLE_MESSAGE.to_string()),
+            scale_up,
+        });
         PodBehaviour {
             mode,
             unschedulable,
@@ -333,7 +347,12 @@ impl<'a> Annotations<'a> {
             start_delay: self
                 .seconds("start-delay-seconds", c)
                 .unwrap_or(Duration::ZERO),
-            image_pull: image_pull.flatten(),
+            image_pull_failures: self.count("image-pull-failures", c),
+            image_pull: match (image_pull.flatten(), self.raw("image-pull-failures", c)) {
+                // A number of failures alone means the usual sight: ImagePullBackOff.
+                (None, Some(_)) => Some(PullFailure::ImagePullBackOff),
+                (kind, _) => kind,
+            },
             invalid_image: self.flag("invalid-image", c),
             config_error,
             script,

@@ -179,8 +179,9 @@ impl Driver {
             }
         }
 
-        // image pull failure: Pulling / Failed / BackOff as a kubelet with containerd writes them
-        if let Some(kind) = b.image_pull {
+        // image pull failure: Pulling / Failed / BackOff as a kubelet with containerd writes them;
+        // with `image-pull-failures`, the pull succeeds after that many failures
+        if let Some(kind) = b.image_pull.filter(|_| b.image_pull_failures != Some(0)) {
             let err = format!(
                 "rpc error: code = Unknown desc = failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed"
             );
@@ -206,6 +207,9 @@ impl Driver {
                 }
                 if let Some(req) = self.sleep(wait).await {
                     return self.finish_waiting(req);
+                }
+                if b.image_pull_failures.is_some_and(|failures| u64::from(tries) >= failures) {
+                    break;
                 }
             }
         }

@@ -36,6 +36,7 @@ pub enum Type {
 pub enum Source {
     Kubelet,
     Scheduler,
+    ClusterAutoscaler,
     FakeKubelet,
 }
 
@@ -44,6 +45,7 @@ impl Source {
         match self {
             Source::Kubelet => "kubelet",
             Source::Scheduler => "default-scheduler",
+            Source::ClusterAutoscaler => "cluster-autoscaler",
             Source::FakeKubelet => "fake-kubelet",
         }
     }

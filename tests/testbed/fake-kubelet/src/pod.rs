@@ -331,6 +331,22 @@ impl PodTask {
                     &u.message,
                     Source::Scheduler,
                 );
+                // What cluster-autoscaler writes on the pod (its wording, v1.2x).
+                if u.scale_up {
+                    self.event(
+                        Type::Normal,
+                        "TriggeredScaleUp",
+                        "pod triggered scale-up: [{testbed-pool 0->1 (max: 3)}]",
+                        Source::ClusterAutoscaler,
+                    );
+                } else if u.for_duration.is_none() {
+                    self.event(
+                        Type::Normal,
+                        "NotTriggerScaleUp",
+                        "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector",
+                        Source::ClusterAutoscaler,
+                    );
+                }
                 match u.for_duration {
                     None => return self.wait_gone().await,
                     Some(d) => {
