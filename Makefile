@@ -136,8 +136,8 @@ wheel: $(STAMP)-venv ## Build the release wheel into dist/
 	$(BIN)/maturin build --release --out dist
 
 .PHONY: cluster-up
-cluster-up: ## Start the local Kubernetes testbed (builds the control plane once, ~5 min); prints the kubeconfig path
-	tests/testbed/cluster.sh up
+cluster-up: testbed ## Start the local Kubernetes testbed with its node, the fake kubelet (builds the control plane once, ~6 min); prints the kubeconfig path
+	PKR_WITH_NODE=1 tests/testbed/cluster.sh up
 
 .PHONY: cluster-down
 cluster-down: ## Stop everything cluster-up started

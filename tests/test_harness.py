@@ -209,3 +209,29 @@ def test_cluster_up_on_a_running_stack_leaves_it_running(testbed, tmp_path):
         assert status.returncode == 0, status.stdout
     finally:
         bed.cluster_script("down")
+
+
+@pytest.mark.cluster
+def test_make_cluster_up_gives_a_node_that_runs_a_job_and_cluster_down_stops_it(testbed, tmp_path):
+    """As a new user tries the README: `make cluster-up`, a Job with kubectl, which runs to
+    completion on the fake kubelet's node; `make cluster-down` stops the node too."""
+    mark = uuid.uuid4().hex
+    state = tmp_path / "cluster"
+    env = os.environ | {MARK: mark, "PKR_CLUSTER_DIR": str(state)}
+    make = ["make", "--no-print-directory", "-C", str(ROOT)]
+    try:
+        run_checked([*make, "cluster-up"], env=env)
+        assert runs(mark, "fake-kubelet"), marked_processes(mark)
+        status = subprocess.run(
+            [str(CLUSTER_SCRIPT), "status"], env=env, capture_output=True, text=True, check=False
+        )
+        assert status.returncode == 0 and "fake-kubelet pid" in status.stdout, status.stdout
+        kubeconfig = str(state / "kubeconfig")
+        kubectl = ["kubectl", "--kubeconfig", kubeconfig]
+        run_checked([*kubectl, "create", "job", "hello", "--image=busybox", "--", "echo", "hi"])
+        run_checked([*kubectl, "wait", "--for=condition=complete", "job/hello", "--timeout=90s"])
+        logs = run_checked([*kubectl, "logs", "job/hello"])
+        assert logs.stdout.strip() == "hi"
+    finally:
+        subprocess.run([*make, "cluster-down"], env=env, capture_output=True, check=False)
+    wait_until_none_left(mark)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Start, stop and inspect a local Kubernetes v1.20 control plane (etcd, kube-apiserver,
 # kube-controller-manager) bound to 127.0.0.1 on free ports. No kubelet, no scheduler: the
-# project's fake kubelet plays the node.
+# project's fake kubelet plays the node (and binds the pods).
 #
-#   cluster.sh up       build (cached) the binaries, start a fresh stack, write kubeconfigs
+#   cluster.sh up       build (cached) the binaries, start a fresh stack, write kubeconfigs;
+#                       with PKR_WITH_NODE=1 also the fake kubelet (what `make cluster-up` does)
 #   cluster.sh down     stop exactly the processes `up` started (SIGTERM, then SIGKILL)
 #   cluster.sh status   print whether the stack is up; exit 0 if up, 1 if not
 #   cluster.sh restart-apiserver
@@ -16,6 +17,8 @@
 #   PKR_BIN_DIR         use kube-apiserver/kube-controller-manager from this dir instead
 #   PKR_SKIP_BUILD=1    do not call build-control-plane.sh (fail if the binaries are missing)
 #   PKR_UP_TIMEOUT      seconds to wait for readiness (default: 90)
+#   PKR_WITH_NODE=1     `up` also starts the fake kubelet (the test harness starts its own)
+#   PKR_FAKE_KUBELET    the fake kubelet's binary (default: <repo>/target/release/fake-kubelet)
 set -euo pipefail
 
 readonly K8S_VERSION="v1.20.2"
@@ -25,6 +28,7 @@ STATE_DIR="${PKR_CLUSTER_DIR:-$REPO_ROOT/.cluster}"
 CACHE_ROOT="${PKR_CACHE:-$HOME/.cache/prefect-kubernetes-rs}"
 BIN_DIR="${PKR_BIN_DIR:-$CACHE_ROOT/k8s-$K8S_VERSION/bin}"
 UP_TIMEOUT="${PKR_UP_TIMEOUT:-90}"
+FAKE_KUBELET="${PKR_FAKE_KUBELET:-$REPO_ROOT/target/release/fake-kubelet}"
 
 PIDS_FILE="$STATE_DIR/pids"
 LOG_DIR="$STATE_DIR/logs"
@@ -277,6 +281,9 @@ apiserver_ready() {
 kcm_healthy() { [[ "$(curl -sfk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz")" == ok ]]; }
 # shellcheck disable=SC2317
 default_sa_exists() { api GET /api/v1/namespaces/default/serviceaccounts/default; }
+# The fake kubelet says so on its log once its node is registered.
+# shellcheck disable=SC2317
+fake_kubelet_ready() { grep -q "fake-kubelet ready" "$LOG_DIR/fake-kubelet.log" 2>/dev/null; }
 # /readyz can answer ok before the apiserver's bootstrap controller has created the system
 # namespaces (it does so in its own goroutine, after the post-start hooks report ready): a Role
 # posted into `default` then fails with 404 (namespaces "default" not found), and the worker's
@@ -428,6 +435,14 @@ cmd_up() {
     # The serviceaccount controller creating `default` proves the controllers are running.
     wait_for kube-controller-manager "the default ServiceAccount" default_sa_exists
 
+    if [[ "${PKR_WITH_NODE:-0}" == "1" ]]; then
+        [[ -x "$FAKE_KUBELET" ]] \
+            || die "$FAKE_KUBELET is missing: build it with 'make testbed' (or set PKR_FAKE_KUBELET)"
+        log "starting the fake kubelet (the node)"
+        start fake-kubelet "$FAKE_KUBELET" --kubeconfig "$KUBECONFIG_ADMIN"
+        wait_for fake-kubelet "the fake kubelet's node" fake_kubelet_ready
+    fi
+
     cat >"$ENV_FILE" <<EOF
 # Written by cluster.sh up; source it to reach the testbed.
 PKR_KUBECONFIG=$KUBECONFIG_ADMIN
@@ -495,6 +510,10 @@ cmd_status() {
     local live expected=3 n=0 name pid exe
     live="$(live_processes)"
     [[ -n "$live" ]] && n="$(wc -l <<<"$live")"
+    # A stack started with its node counts the fake kubelet too.
+    if [[ -f "$PIDS_FILE" ]] && grep -q '^fake-kubelet ' "$PIDS_FILE"; then
+        expected=4
+    fi
     if ((n == 0)); then
         echo "down"
         return 1

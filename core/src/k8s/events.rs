@@ -159,7 +159,10 @@ mod tests {
             "lastTimestamp": "2026-01-01T00:00:20Z"}));
         let news = newest_scale_up_news(&[triggered.clone(), scheduling.clone()]).unwrap();
         assert!(news.node_coming);
-        assert_eq!(news.text, "TriggeredScaleUp: pod triggered scale-up: [{pool-1 0->1 (max: 3)}]");
+        assert_eq!(
+            news.text,
+            "TriggeredScaleUp: pod triggered scale-up: [{pool-1 0->1 (max: 3)}]"
+        );
         let refused = event(json!({"metadata": {"name": "c"}, "involvedObject": {},
             "reason": "NotTriggerScaleUp",
             "message": "pod didn't trigger scale-up: 1 max node group size reached",

@@ -183,8 +183,11 @@ impl RunFollower {
                     start.pending(state.newest_pod_scheduled());
                     if start.waiting_changed(&waiting) {
                         if let Some(waiting) = &waiting {
-                            self.say(Level::Info, format!("Job '{job}': pod is Pending ({waiting})"))
-                                .await;
+                            self.say(
+                                Level::Info,
+                                format!("Job '{job}': pod is Pending ({waiting})"),
+                            )
+                            .await;
                         }
                     }
                     if waiting.as_ref().is_some_and(Waiting::is_unschedulable) {
@@ -245,7 +248,9 @@ impl RunFollower {
         if !start.autoscaler_look_due() {
             return;
         }
-        let Some(pod) = state.newest_pod_name() else { return };
+        let Some(pod) = state.newest_pod_name() else {
+            return;
+        };
         match scale_up_news(&self.cluster, &self.namespace, &pod).await {
             Ok(news) => {
                 if let Some(news) = start.autoscaler_said(news) {

@@ -86,7 +86,10 @@ impl PodStart {
         let key = |waiting: &Option<Waiting>| -> Option<(String, Option<String>)> {
             waiting.as_ref().map(|waiting| {
                 if waiting.is_image_pull() {
-                    let error = self.last_pull_error.as_ref().and_then(|e| e.message.clone());
+                    let error = self
+                        .last_pull_error
+                        .as_ref()
+                        .and_then(|e| e.message.clone());
                     ("image pull".to_owned(), error)
                 } else {
                     (waiting.reason.clone(), waiting.message.clone())
@@ -227,10 +230,17 @@ mod tests {
         tokio::time::advance(Duration::from_secs(50)).await;
         start.pending(true);
         let left = start.deadline().unwrap() - Instant::now();
-        assert_eq!(left, Duration::from_secs(60), "the pull gets the whole timeout");
+        assert_eq!(
+            left,
+            Duration::from_secs(60),
+            "the pull gets the whole timeout"
+        );
         start.pending(true);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(start.deadline().unwrap() - Instant::now(), Duration::from_secs(50));
+        assert_eq!(
+            start.deadline().unwrap() - Instant::now(),
+            Duration::from_secs(50)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -241,7 +251,10 @@ mod tests {
         assert_eq!(start.deadline(), None);
         tokio::time::advance(Duration::from_secs(3600)).await;
         start.pending(false);
-        assert_eq!(start.deadline().unwrap() - Instant::now(), Duration::from_secs(60));
+        assert_eq!(
+            start.deadline().unwrap() - Instant::now(),
+            Duration::from_secs(60)
+        );
         assert!(start.suspend(), "a second suspension is said again");
     }
 
@@ -254,12 +267,20 @@ mod tests {
         assert!(start.autoscaler_look_due());
         let said = start.autoscaler_said(news(true, "TriggeredScaleUp: pod triggered scale-up"));
         assert!(said.is_some());
-        assert!(start.autoscaler_said(news(true, "TriggeredScaleUp: pod triggered scale-up")).is_none());
+        assert!(start
+            .autoscaler_said(news(true, "TriggeredScaleUp: pod triggered scale-up"))
+            .is_none());
         tokio::time::advance(Duration::from_secs(90)).await;
-        assert!(start.deadline().unwrap() > Instant::now(), "still waiting at 90 s");
+        assert!(
+            start.deadline().unwrap() > Instant::now(),
+            "still waiting at 90 s"
+        );
         start.pending(true);
         start.no_scale_up_needed();
-        assert_eq!(start.deadline().unwrap() - Instant::now(), Duration::from_secs(60));
+        assert_eq!(
+            start.deadline().unwrap() - Instant::now(),
+            Duration::from_secs(60)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -267,8 +288,14 @@ mod tests {
         let mut start = PodStart::new(Duration::from_secs(60));
         start.pending(false);
         start.waiting_changed(&unschedulable());
-        start.autoscaler_said(news(false, "NotTriggerScaleUp: pod didn't trigger scale-up"));
-        assert_eq!(start.deadline().unwrap() - Instant::now(), Duration::from_secs(60));
+        start.autoscaler_said(news(
+            false,
+            "NotTriggerScaleUp: pod didn't trigger scale-up",
+        ));
+        assert_eq!(
+            start.deadline().unwrap() - Instant::now(),
+            Duration::from_secs(60)
+        );
         let diagnosis = start.gave_up(Duration::from_secs(60));
         assert_eq!(
             diagnosis,

@@ -243,11 +243,9 @@ impl RunState {
     pub fn newest_pod_scheduled(&self) -> bool {
         self.pods_newest_first().first().is_some_and(|pod| {
             pod.status.as_ref().is_some_and(|status| {
-                status
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .any(|condition| condition.type_ == "PodScheduled" && condition.status == "True")
+                status.conditions.iter().flatten().any(|condition| {
+                    condition.type_ == "PodScheduled" && condition.status == "True"
+                })
             })
         })
     }
@@ -268,9 +266,9 @@ impl RunState {
                 .as_ref()
                 .and_then(|status| status.conditions.as_ref())
                 .is_some_and(|conditions| {
-                    conditions
-                        .iter()
-                        .any(|condition| condition.type_ == "Suspended" && condition.status == "True")
+                    conditions.iter().any(|condition| {
+                        condition.type_ == "Suspended" && condition.status == "True"
+                    })
                 })
     }
 
@@ -547,7 +545,10 @@ fn waiting(pod: &Pod) -> Option<Waiting> {
             Some(Waiting {
                 container: Some(container.name.clone()),
                 reason: waiting.reason.clone()?,
-                message: waiting.message.clone().filter(|message| !message.is_empty()),
+                message: waiting
+                    .message
+                    .clone()
+                    .filter(|message| !message.is_empty()),
             })
         })
         .or_else(|| {
@@ -627,7 +628,11 @@ mod tests {
     fn only_reasons_the_kubelet_never_retries_are_stuck() {
         for reason in ["InvalidImageName", "ErrImageNeverPull"] {
             let mut state = RunState::new(JOB);
-            state.apply_pod(ObjectEvent::Applied(pod("p1", "2026-01-01T00:00:00Z", waiting(reason))));
+            state.apply_pod(ObjectEvent::Applied(pod(
+                "p1",
+                "2026-01-01T00:00:00Z",
+                waiting(reason),
+            )));
             match state.start_status() {
                 StartStatus::Stuck(diagnosis) => assert_eq!(
                     diagnosis,
@@ -636,9 +641,17 @@ mod tests {
                 other => panic!("{reason}: {other:?}"),
             }
         }
-        for reason in ["ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"] {
+        for reason in [
+            "ImagePullBackOff",
+            "ErrImagePull",
+            "CreateContainerConfigError",
+        ] {
             let mut state = RunState::new(JOB);
-            state.apply_pod(ObjectEvent::Applied(pod("p1", "2026-01-01T00:00:00Z", waiting(reason))));
+            state.apply_pod(ObjectEvent::Applied(pod(
+                "p1",
+                "2026-01-01T00:00:00Z",
+                waiting(reason),
+            )));
             match state.start_status() {
                 StartStatus::Pending(Some(waiting)) => {
                     assert_eq!(waiting.reason, reason);
@@ -709,12 +722,20 @@ mod tests {
         )));
         assert_eq!(state.start_status(), StartStatus::Pending(None));
         // Suspended again mid-run (Kueue preemption): the pods go, the Job is not over.
-        state.apply_pod(ObjectEvent::Applied(pod("p1", "2026-01-01T00:00:00Z", json!({"phase": "Running"}))));
+        state.apply_pod(ObjectEvent::Applied(pod(
+            "p1",
+            "2026-01-01T00:00:00Z",
+            json!({"phase": "Running"}),
+        )));
         state.apply_job(ObjectEvent::Applied(job_with(
             json!({"suspend": true, "template": {"spec": {"containers": []}}}),
             json!({"active": 0, "conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]}),
         )));
-        state.apply_pod(ObjectEvent::Deleted(pod("p1", "2026-01-01T00:00:00Z", json!({"phase": "Running"}))));
+        state.apply_pod(ObjectEvent::Deleted(pod(
+            "p1",
+            "2026-01-01T00:00:00Z",
+            json!({"phase": "Running"}),
+        )));
         assert_eq!(state.job_end(), None);
     }
 
@@ -725,8 +746,16 @@ mod tests {
     #[test]
     fn v1_31_failure_target_from_a_pod_failure_policy_ends_with_the_failed_pods_code() {
         let mut state = RunState::new(JOB);
-        state.apply_pod(ObjectEvent::Applied(pod("p1", "2026-01-01T00:00:00Z", terminated(42, "Error"))));
-        state.apply_pod(ObjectEvent::Applied(pod("p2", "2026-01-01T00:00:05Z", waiting("ContainerCreating"))));
+        state.apply_pod(ObjectEvent::Applied(pod(
+            "p1",
+            "2026-01-01T00:00:00Z",
+            terminated(42, "Error"),
+        )));
+        state.apply_pod(ObjectEvent::Applied(pod(
+            "p2",
+            "2026-01-01T00:00:05Z",
+            waiting("ContainerCreating"),
+        )));
         state.apply_job(ObjectEvent::Applied(job_with(
             json!({"backoffLimit": 6, "template": {"spec": {"containers": []}}}),
             json!({"active": 1, "failed": 1, "terminating": 1, "conditions": [
@@ -735,7 +764,11 @@ mod tests {
         )));
         let end = state.job_end().expect("the interim condition settles it");
         assert_eq!(end, JobEnd::Failed("PodFailurePolicy".into()));
-        assert_eq!(state.outcome(&end).exit_code, 42, "the pod that failed, not the replacement");
+        assert_eq!(
+            state.outcome(&end).exit_code,
+            42,
+            "the pod that failed, not the replacement"
+        );
     }
 
     /// 1.26+ (Job tracking with finalizers) and 1.29+ (`status.terminating`): the counters
@@ -743,10 +776,17 @@ mod tests {
     #[test]
     fn v1_29_counters_are_not_an_end_while_a_pod_terminates() {
         let mut state = RunState::new(JOB);
-        state.apply_job(ObjectEvent::Applied(job(json!({"active": 0, "failed": 1, "terminating": 1}))));
+        state.apply_job(ObjectEvent::Applied(job(
+            json!({"active": 0, "failed": 1, "terminating": 1}),
+        )));
         assert_eq!(state.job_end(), None);
-        state.apply_job(ObjectEvent::Applied(job(json!({"active": 0, "failed": 1, "terminating": 0}))));
-        assert_eq!(state.job_end(), Some(JobEnd::Failed("BackoffLimitExceeded".into())));
+        state.apply_job(ObjectEvent::Applied(job(
+            json!({"active": 0, "failed": 1, "terminating": 0}),
+        )));
+        assert_eq!(
+            state.job_end(),
+            Some(JobEnd::Failed("BackoffLimitExceeded".into()))
+        );
     }
 
     /// 1.26+ kubelets, API evictions, drains and preemption mark the pod with the
@@ -765,8 +805,10 @@ mod tests {
                     "state": {"terminated": {"exitCode": 143, "reason": "Error"}}}]}),
         )));
         assert!(changes[0].evicted);
-        state.apply_job(ObjectEvent::Applied(job(json!({"failed": 1, "conditions": [
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}))));
+        state.apply_job(ObjectEvent::Applied(job(
+            json!({"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}),
+        )));
         let outcome = state.outcome(&state.job_end().unwrap());
         assert!(outcome.evicted);
         assert_eq!(outcome.exit_code, 143);
@@ -788,9 +830,11 @@ mod tests {
                     "ready": false, "restartCount": 0,
                     "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}),
         )));
-        state.apply_job(ObjectEvent::Applied(job(json!({"succeeded": 1, "conditions": [
+        state.apply_job(ObjectEvent::Applied(job(
+            json!({"succeeded": 1, "conditions": [
             {"type": "SuccessCriteriaMet", "status": "True"},
-            {"type": "Complete", "status": "True"}]}))));
+            {"type": "Complete", "status": "True"}]}),
+        )));
         assert_eq!(state.outcome(&state.job_end().unwrap()).exit_code, 0);
         assert_eq!(state.pods_with_logs(), vec!["p1".to_owned()]);
     }
@@ -803,9 +847,15 @@ mod tests {
         let spec = json!({"managedBy": "kueue.x-k8s.io/multikueue",
                           "template": {"spec": {"containers": []}}});
         state.apply_job(ObjectEvent::Applied(job_with(spec.clone(), json!({}))));
-        assert_eq!(state.managed_elsewhere().as_deref(), Some("kueue.x-k8s.io/multikueue"));
-        state.apply_job(ObjectEvent::Applied(job_with(spec.clone(), json!({"conditions": [
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}))));
+        assert_eq!(
+            state.managed_elsewhere().as_deref(),
+            Some("kueue.x-k8s.io/multikueue")
+        );
+        state.apply_job(ObjectEvent::Applied(job_with(
+            spec.clone(),
+            json!({"conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}),
+        )));
         let outcome = state.outcome(&state.job_end().unwrap());
         assert_eq!(outcome.exit_code, -1);
         assert!(outcome.message.unwrap().contains("BackoffLimitExceeded"));
@@ -822,8 +872,10 @@ mod tests {
     #[test]
     fn v1_23_a_job_deleted_by_its_ttl_after_completing_is_a_success() {
         let mut state = RunState::new(JOB);
-        state.apply_job(ObjectEvent::Deleted(job(json!({"succeeded": 1, "conditions": [
-            {"type": "Complete", "status": "True"}]}))));
+        state.apply_job(ObjectEvent::Deleted(job(
+            json!({"succeeded": 1, "conditions": [
+            {"type": "Complete", "status": "True"}]}),
+        )));
         assert_eq!(state.job_end(), Some(JobEnd::Complete));
         let mut gone = RunState::new(JOB);
         gone.apply_job(ObjectEvent::Deleted(job(json!({"active": 1}))));

@@ -208,7 +208,9 @@ impl Driver {
                 if let Some(req) = self.sleep(wait).await {
                     return self.finish_waiting(req);
                 }
-                if b.image_pull_failures.is_some_and(|failures| u64::from(tries) >= failures) {
+                if b.image_pull_failures
+                    .is_some_and(|failures| u64::from(tries) >= failures)
+                {
                     break;
                 }
             }
