@@ -27,13 +27,27 @@ pub async fn scale_up_news(
     namespace: &str,
     name: &str,
 ) -> Result<Option<ScaleUpNews>> {
+    Ok(newest_scale_up_news(
+        &events_about(cluster, namespace, "Pod", name).await?,
+    ))
+}
+
+/// The Events about the object `name` of `kind`, as the API lists them.
+async fn events_about(
+    cluster: &Cluster,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Vec<Event>> {
     let events: Api<Event> = Api::namespaced(cluster.client(), namespace);
-    let selector = format!("involvedObject.name={name},involvedObject.kind=Pod");
+    let selector = format!("involvedObject.name={name},involvedObject.kind={kind}");
     let list = events
         .list(&ListParams::default().fields(&selector))
         .await
-        .map_err(|error| K8sError::from_kube(error, "list", &format!("events of Pod '{name}'")))?;
-    Ok(newest_scale_up_news(&list.items))
+        .map_err(|error| {
+            K8sError::from_kube(error, "list", &format!("events of {kind} '{name}'"))
+        })?;
+    Ok(list.items)
 }
 
 fn newest_scale_up_news(events: &[Event]) -> Option<ScaleUpNews> {
@@ -63,15 +77,7 @@ pub async fn recent_events(
     kind: &str,
     name: &str,
 ) -> Result<Vec<String>> {
-    let events: Api<Event> = Api::namespaced(cluster.client(), namespace);
-    let selector = format!("involvedObject.name={name},involvedObject.kind={kind}");
-    let list = events
-        .list(&ListParams::default().fields(&selector))
-        .await
-        .map_err(|error| {
-            K8sError::from_kube(error, "list", &format!("events of {kind} '{name}'"))
-        })?;
-    let mut events = list.items;
+    let mut events = events_about(cluster, namespace, kind, name).await?;
     events.sort_by_key(event_time);
     Ok(events
         .iter()
