@@ -30,10 +30,13 @@ pub struct KubernetesClients {
 
 #[pymethods]
 impl KubernetesClients {
+    /// `tcp_keepalive`: probe idle API connections (the `add_tcp_keepalive` setting), so a
+    /// load balancer that drops them silently cannot leave a watch or log stream hanging.
     #[new]
-    fn new() -> Self {
+    #[pyo3(signature = (*, tcp_keepalive))]
+    fn new(tcp_keepalive: bool) -> Self {
         KubernetesClients {
-            registry: Arc::new(ClusterRegistry::default()),
+            registry: Arc::new(ClusterRegistry::new(tcp_keepalive)),
         }
     }
 

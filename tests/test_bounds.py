@@ -142,7 +142,7 @@ def cluster() -> _core.ClusterHandle:
     }
 
     async def connect() -> _core.ClusterHandle:
-        return await _core.KubernetesClients().connect(kubeconfig, "x")
+        return await _core.KubernetesClients(tcp_keepalive=True).connect(kubeconfig, "x")
 
     return asyncio.run(connect())
 

@@ -422,7 +422,8 @@ logging.basicConfig(level=logging.DEBUG, stream=open(os.devnull, "w"))
 from prefect_kubernetes_rs import _core
 
 async def main():
-    cluster = await _core.KubernetesClients().connect(json.loads(sys.argv[1]), None)
+    clients = _core.KubernetesClients(tcp_keepalive=True)
+    cluster = await clients.connect(json.loads(sys.argv[1]), None)
     for n in range(30):
         # Each start watches its namespace, then the Job is refused (no such namespace): the
         # namespace's watchers stay, reconnecting.

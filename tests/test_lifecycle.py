@@ -11,7 +11,9 @@ import asyncio
 import copy
 import json
 import logging
+import os
 import re
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -691,3 +693,35 @@ async def test_an_unreachable_cluster_or_broken_kubeconfig_is_named(worker, test
         await asyncio.wait_for(worker.run(new_flow_run(), configuration, task_status=status), 60)
     assert status.pid is None
     assert "cluster_config block" in str(caught.value) or "refused" in str(caught.value).lower()
+
+
+def connections_to(port: int) -> list[str]:
+    """This process's established TCP connections to `port`, as `ss` shows them with their
+    timers (`timer:(keepalive,...)` when the socket probes an idle peer)."""
+    shown = subprocess.run(
+        ["ss", "-tnpoH", "state", "established", f"( dport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [line for line in shown.splitlines() if f"pid={os.getpid()}," in line]
+
+
+@pytest.mark.parametrize("keepalive", [True, False], ids=["keepalive-on", "keepalive-off"])
+async def test_api_connections_probe_idle_peers_as_the_setting_says(
+    testbed, cluster_config, monkeypatch, keepalive
+):
+    """`add_tcp_keepalive` (default on, as in prefect-kubernetes): every connection of the
+    worker to the API server carries the kernel's keepalive timer (30 s idle, then probes), so
+    a load balancer that drops idle flows cannot leave a quiet log stream or watch hanging."""
+    monkeypatch.setenv(
+        "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_ADD_TCP_KEEPALIVE", str(keepalive).lower()
+    )
+    port = int(testbed.env["PKR_APISERVER_URL"].rsplit(":", 1)[1])
+    async with Worker("keepalive") as worker:
+        running, _, _ = await start_run(worker, cluster_config, command="sleep 4")
+        await asyncio.sleep(1.5)  # the watches and the log stream are open
+        connections = connections_to(port)
+        result = await asyncio.wait_for(running, 60)
+    assert result.status_code == 0
+    assert connections, "the worker's connections to the API server were seen"
+    probing = [line for line in connections if "timer:(keepalive," in line]
+    assert len(probing) == (len(connections) if keepalive else 0), connections

@@ -406,7 +406,9 @@ class KubernetesWorker(
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # One set of clients (and shared watchers) for the worker's lifetime.
-        self._kubernetes = _core.KubernetesClients()
+        self._kubernetes = _core.KubernetesClients(
+            tcp_keepalive=current_settings().worker.add_tcp_keepalive
+        )
         self._clusters_used: list[_core.ClusterHandle] = []
         self._warned_no_cluster_uid = False
 

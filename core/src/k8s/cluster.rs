@@ -8,6 +8,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::time::Duration;
 // A panic elsewhere must not make every later run panic too: the maps behind these locks stay
 // consistent (each update is one insert or remove), so a poisoned lock is used as it is.
 use std::sync::{Arc, Mutex, PoisonError};
@@ -143,9 +144,19 @@ impl Drop for Cluster {
 #[derive(Default)]
 pub struct ClusterRegistry {
     clusters: tokio::sync::Mutex<HashMap<String, Arc<Cluster>>>,
+    tcp_keepalive: bool,
 }
 
 impl ClusterRegistry {
+    /// A registry whose connections use TCP keepalive ([`TCP_KEEPALIVE`]) when asked (the
+    /// `add_tcp_keepalive` setting).
+    pub fn new(tcp_keepalive: bool) -> Self {
+        ClusterRegistry {
+            clusters: tokio::sync::Mutex::default(),
+            tcp_keepalive,
+        }
+    }
+
     /// The cluster for `source`, connecting on first use. Exec credential plugins therefore run
     /// once per configuration, and tokens are refreshed by the client as they expire.
     pub async fn connect(&self, source: ClusterSource) -> Result<Arc<Cluster>> {
@@ -154,7 +165,7 @@ impl ClusterRegistry {
         if let Some(cluster) = clusters.get(&key) {
             return Ok(cluster.clone());
         }
-        let cluster = Arc::new(connect(source).await?);
+        let cluster = Arc::new(connect(source, self.tcp_keepalive).await?);
         clusters.insert(key, cluster.clone());
         Ok(cluster)
     }
@@ -178,7 +189,14 @@ impl ClusterRegistry {
     }
 }
 
-async fn connect(source: ClusterSource) -> Result<Cluster> {
+/// TCP keepalive on the API server connections, as the Python worker sets it: the first probe
+/// after 30 s of silence, then every 6 s, and the connection is given up after 6 unanswered
+/// probes. Load balancers drop idle flows (Azure after 4 minutes, AWS NLB after 350 s) without
+/// a reset: without probes a quiet log stream or watch would hang on a dead connection.
+pub const TCP_KEEPALIVE: (Duration, Duration, u32) =
+    (Duration::from_secs(30), Duration::from_secs(6), 6);
+
+async fn connect(source: ClusterSource, tcp_keepalive: bool) -> Result<Cluster> {
     let (mut config, source_name) = load_config(&source).await?;
     // Retries are the worker's own business: kube's default layer would resend a create after
     // a 503/504 whose effect is unknown, and could make a second Job for one flow run.
@@ -193,7 +211,7 @@ async fn connect(source: ClusterSource) -> Result<Cluster> {
         .exec
         .as_ref()
         .and_then(|exec| exec.command.clone());
-    let client = Client::try_from(config).map_err(|error| K8sError::Config {
+    let client = build_client(config, tcp_keepalive).map_err(|error| K8sError::Config {
         source_name: source_name.clone(),
         reason: auth_failure(&error, exec_command.as_deref()),
     })?;
@@ -208,6 +226,41 @@ async fn connect(source: ClusterSource) -> Result<Cluster> {
 }
 
 /// Why a client could not be built; an exec credential plugin's failure names its command.
+/// The client of `config`: kube's own, or, with keepalive, the same layers over a connector
+/// whose sockets probe idle connections. (kube builds its connector where no setting reaches
+/// it; a proxy in the kubeconfig keeps kube's own path, which reports proxies as unsupported.)
+fn build_client(config: Config, tcp_keepalive: bool) -> kube::Result<Client> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use kube::client::{Body, ClientBuilder, ConfigExt};
+    use tower::{BoxError, ServiceBuilder};
+
+    if !tcp_keepalive || config.proxy_url.is_some() {
+        return Client::try_from(config);
+    }
+    let (idle, interval, retries) = TCP_KEEPALIVE;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_keepalive(Some(idle));
+    http.set_keepalive_interval(Some(interval));
+    http.set_keepalive_retries(Some(retries));
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let mut connector = hyper_timeout::TimeoutConnector::new(https);
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    connector.set_reset_reader_on_write(config.reset_reader_on_write);
+    let http_client: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(BoxError::from)
+        .service(http_client);
+    Ok(ClientBuilder::new(service, config.default_namespace.clone()).build())
+}
+
 fn auth_failure(error: &kube::Error, exec_command: Option<&str>) -> String {
     match (error, exec_command) {
         (kube::Error::Auth(_), Some(command)) => format!(
@@ -281,7 +334,7 @@ mod tests {
             config: kubeconfig,
             context: None,
         };
-        let error = connect(source).await.err().expect("must be refused");
+        let error = connect(source, true).await.err().expect("must be refused");
         let text = error.to_string();
         assert!(
             text.starts_with(
