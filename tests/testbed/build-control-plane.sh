@@ -58,6 +58,8 @@ ensure_packages() {
     command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
     # The end-to-end tests run their Prefect server on a PostgreSQL server of their own.
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+    # The keepalive test reads the worker's socket timers with `ss`.
+    command -v ss >/dev/null 2>&1 || missing+=(iproute2)
     if ((${#missing[@]} == 0)); then
         return 0
     fi
