@@ -306,6 +306,116 @@ async def test_evicted_pod_with_backoff_limit_zero_reschedules_the_run_instead_o
     testbed.kubectl("delete", "jobs", "-n", namespace, "--all", "--wait=false")
 
 
+def with_node_selector_variable(template: dict[str, Any]) -> dict[str, Any]:
+    """A template whose deployments may pick a node group: many pools add such a variable."""
+    template = copy.deepcopy(template)
+    template["variables"]["properties"]["node_selector"] = {
+        "title": "Node selector",
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "default": {},
+    }
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    pod["nodeSelector"] = "{{ node_selector }}"
+    return template
+
+
+async def test_pods_that_wait_for_a_node_or_an_image_complete_and_pods_that_cannot_start_crash(
+    stack, testbed, namespace
+):
+    """The pod-start rules end to end, four runs at once on a pool whose deployments choose a
+    node group (the rest of the variables at their defaults, so 60 s to start):
+    - a node group with no node until an autoscaler adds one 90 s later: Completed;
+    - an image whose pull fails twice (the kubelet retries with back-off): Completed;
+    - an invalid image name: Crashed at once, although its timeout is 10 minutes;
+    - a node group no node will ever join: Crashed after its 20 s, with the kube-scheduler's
+      words in the worker's output."""
+    template = with_node_selector_variable(KubernetesWorker.get_default_base_job_template())
+    pool = f"node-groups-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(pool, template)
+    pool_worker = stack.start_worker(pool, kubeconfig=testbed.kubeconfig)
+    try:
+        node_group = {"testbed.prefect.io/pool": f"on-demand-{uuid.uuid4().hex[:8]}"}
+        runs = {
+            "autoscaled": await deploy_and_run(
+                stack, "numbered_lines", pool=pool, namespace=namespace,
+                node_selector=node_group, annotations={SCRIPT + "scale-up-seconds": "90"},
+            ),
+            "pulled on the third try": await deploy_and_run(
+                stack, "numbered_lines", pool=pool, namespace=namespace,
+                annotations={SCRIPT + "image-pull-failures": "2"},
+            ),
+            "invalid image": await deploy_and_run(
+                stack, "numbered_lines", pool=pool, namespace=namespace,
+                pod_watch_timeout_seconds=600, annotations={SCRIPT + "invalid-image": "true"},
+            ),
+            "no node": await deploy_and_run(
+                stack, "numbered_lines", pool=pool, namespace=namespace,
+                pod_watch_timeout_seconds=20,
+                node_selector={"testbed.prefect.io/pool": "no-such-pool"},
+            ),
+        }  # fmt: skip
+        finished = await stack.wait_for_state([run.id for run in runs.values()], timeout=300)
+        states = {name: finished[str(run.id)].state for name, run in runs.items()}
+        assert {name: state.name for name, state in states.items()} == {
+            "autoscaled": "Completed",
+            "pulled on the third try": "Completed",
+            "invalid image": "Crashed",
+            "no node": "Crashed",
+        }, states
+        for name in ("autoscaled", "pulled on the third try"):
+            # The engine reports Completed before its container ends; then the worker reads
+            # the rest of the log and reports the Job's end.
+            pool_worker.wait_for_output(f"Job '{job_name(finished[str(runs[name].id)])}' completed")
+        output = pool_worker.output()
+        for name in ("autoscaled", "pulled on the third try"):
+            assert len(run_lines(output, runs[name].id)) == 5, name
+        assert "a node is being added for pod" in output
+        assert "container 'prefect-job' cannot start: InvalidImageName" in output
+        assert (
+            "did not start within 20 s (pod_watch_timeout_seconds); no node can take it" in output
+        )
+        assert re.search(
+            r"0/\d+ nodes are available: \d+ node\(s\) didn't match Pod's node affinity", output
+        )
+        for name in ("invalid image", "no node"):
+            await wait_until_gone(testbed, "jobs", namespace, runs[name].id)
+    finally:
+        stack.stop_worker(pool_worker)
+
+
+async def test_a_worker_whose_connections_go_silent_ends_the_run_with_every_line_once(
+    stack, testbed, namespace
+):
+    """A load balancer forgets the worker's connections to the API server while a flow is quiet:
+    every packet of them is dropped, without a reset. TCP keepalive (default on) makes the
+    worker's kernel give them up after 66 s; the worker reconnects, resumes its watches and the
+    log stream, and reports the Job's end with each line of the flow exactly once."""
+    from testbed_support import SilencedConnections, connections_to, local_ports
+
+    pool = f"silent-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(pool, KubernetesWorker.get_default_base_job_template())
+    pool_worker = stack.start_worker(pool, kubeconfig=testbed.kubeconfig)
+    port = int(testbed.env["PKR_APISERVER_URL"].rsplit(":", 1)[1])
+    try:
+        flow_run = await deploy_and_run(
+            stack, "lines_around_a_pause", pool=pool, namespace=namespace,
+            parameters={"pause": 20},
+        )  # fmt: skip
+        pool_worker.wait_for_output(f"before 3 in run {flow_run.id}", timeout=120)
+        silenced = local_ports(connections_to(port, pool_worker.process.pid))
+        assert silenced, "the worker's watches and log stream were seen"
+        with SilencedConnections(port, silenced):
+            finished = await final_state(stack, flow_run)
+            assert finished.state.name == "Completed", finished.state
+            pool_worker.wait_for_output(f"Job '{job_name(finished)}' completed", timeout=150)
+        assert run_lines(pool_worker.output(), flow_run.id) == [
+            f"{part} {n} in run {flow_run.id}" for part in ("before", "after") for n in (1, 2, 3)
+        ]
+    finally:
+        stack.stop_worker(pool_worker)
+
+
 def kubernetes_pool_template() -> dict[str, Any]:
     """prefect-kubernetes's own default template, as a user copying a `kubernetes` pool has it."""
     from prefect_kubernetes.worker import KubernetesWorker as PythonKubernetesWorker

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import time
 import uuid
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import InfrastructureNotAvailable, InfrastructureNotFound
+from testbed_support import SilencedConnections, connections_to, local_ports
 
 from prefect_kubernetes_rs.worker import (
     KubernetesWorker,
@@ -51,16 +51,31 @@ def scripted(**behaviour: Any) -> dict[str, str]:
 
 
 async def configuration_for(
-    flow_run: FlowRun, cluster_config: dict | None = None, **values: Any
+    flow_run: FlowRun,
+    cluster_config: dict | None = None,
+    node_selector: dict[str, str] | None = None,
+    **values: Any,
 ) -> KubernetesWorkerJobConfiguration:
+    """The job configuration of the default template with these variables; `node_selector`
+    edits the template as a pool admin would (the default template has no such variable)."""
     values = {"image": "testbed/none:1", "namespace": "default"} | values
     if cluster_config is not None:
         values["cluster_config"] = cluster_config
     configuration = await KubernetesWorkerJobConfiguration.from_template_and_values(
         copy.deepcopy(TEMPLATE), values
     )
+    if node_selector is not None:
+        pod_spec = configuration.job_manifest["spec"]["template"]["spec"]
+        pod_spec["nodeSelector"] = node_selector
     configuration.prepare_for_flow_run(flow_run)
     return configuration
+
+
+def node_group_added_on_demand() -> dict[str, str]:
+    """A node selector no node of the testbed matches until the fake kubelet's autoscaler adds
+    one (`testbed.prefect.io/scale-up-seconds`): the kube-scheduler finds the pod unschedulable
+    until then. A new group each time, since nodes added earlier in the session stay."""
+    return {"testbed.prefect.io/pool": f"on-demand-{uuid.uuid4().hex[:8]}"}
 
 
 def new_flow_run() -> FlowRun:
@@ -241,14 +256,18 @@ async def test_an_invalid_image_name_ends_the_run_at_once(worker, cluster_config
 async def test_a_node_an_autoscaler_adds_90_s_later_runs_with_the_default_timeout(
     worker, cluster_config, caplog
 ):
-    """The issue's acceptance: default variables (60 s), the pod Unschedulable until a node
-    joins 90 s later; the autoscaler's TriggeredScaleUp Event holds the wait."""
+    """The issue's acceptance: default variables (60 s); the kube-scheduler finds no node for
+    the pod's node selector until the autoscaler adds one 90 s later; its TriggeredScaleUp
+    Event holds the wait, and the scheduler binds the pod to the new node."""
     caplog.set_level(logging.INFO)
     result, _, _ = await run_flow(
-        worker, cluster_config, annotations=scripted(scale_up_seconds=90, log_lines=1)
+        worker,
+        cluster_config,
+        node_selector=node_group_added_on_demand(),
+        annotations=scripted(scale_up_seconds=90, log_lines=1),
     )
     assert result.status_code == 0
-    assert "pod is Pending (Unschedulable: 0/1 nodes are available" in caplog.text
+    assert re.search(r"pod is Pending \(Unschedulable: 0/\d+ nodes are available", caplog.text)
     assert "a node is being added for pod" in caplog.text
     assert "TriggeredScaleUp: pod triggered scale-up" in caplog.text
 
@@ -261,12 +280,16 @@ async def test_a_pod_no_node_will_take_is_given_up_with_the_schedulers_words(
         worker,
         cluster_config,
         pod_watch_timeout_seconds=12,  # the autoscaler's Events are read every 10 s
-        annotations=scripted(unschedulable=True),
+        node_selector={"testbed.prefect.io/pool": "no-such-pool"},
+        annotations=scripted(log_lines=1),
     )
     assert result.status_code == -1
     text = caplog.text
     assert "did not start within 12 s (pod_watch_timeout_seconds); no node can take it: " in text
-    assert "0/1 nodes are available: 1 Insufficient cpu." in text
+    # The kube-scheduler's own words (v1.20); nodes added by earlier tests count too.
+    assert re.search(
+        r"0/\d+ nodes are available: \d+ node\(s\) didn't match Pod's node affinity", text
+    )
     assert "no node will be added for pod" in text and "NotTriggerScaleUp" in text
     assert "Hint: compare the pod's resource requests" in text
     for _ in range(50):
@@ -565,20 +588,28 @@ async def test_pod_phases_are_replicated_as_prefect_events(worker, cluster_confi
     assert {"flow-run", "worker"} <= related_roles
 
 
+@pytest.mark.parametrize("kubelet", ["v1.20", "v1.27"])
 async def test_eviction_with_no_retries_is_zero_when_the_run_rescheduled_itself(
-    worker, cluster_config, monkeypatch
+    worker, cluster_config, monkeypatch, kubelet
 ):
     """With backoffLimit 0 the evicted flow reschedules itself on SIGTERM; the worker checks the
-    flow run's state and reports 0 rather than a crash."""
+    flow run's state and reports 0 rather than a crash. A v1.20 kubelet marks the pod only
+    with `reason: Evicted` and drops its container statuses; a 1.27+ kubelet adds the
+    `DisruptionTarget` condition and publishes the container's own end (143) first."""
+    asked: list[FlowRun] = []
 
     async def rescheduled(flow_run, since):
+        asked.append(flow_run)
         return True
 
     monkeypatch.setattr(worker, "_was_rescheduled", rescheduled)
-    result, _, _ = await run_flow(
-        worker, cluster_config, annotations=scripted(evict_after_seconds=1, run_seconds=30)
+    result, _, flow_run = await run_flow(
+        worker,
+        cluster_config,
+        annotations=scripted(evict_after_seconds=1, run_seconds=30, evict_style=kubelet),
     )
     assert result.status_code == 0
+    assert [run.id for run in asked] == [flow_run.id], "the eviction rule was what decided"
 
 
 async def test_job_watch_timeout_is_an_overall_deadline(worker, cluster_config, testbed, caplog):
@@ -695,16 +726,6 @@ async def test_an_unreachable_cluster_or_broken_kubeconfig_is_named(worker, test
     assert "cluster_config block" in str(caught.value) or "refused" in str(caught.value).lower()
 
 
-def connections_to(port: int) -> list[str]:
-    """This process's established TCP connections to `port`, as `ss` shows them with their
-    timers (`timer:(keepalive,...)` when the socket probes an idle peer)."""
-    shown = subprocess.run(
-        ["ss", "-tnpoH", "state", "established", f"( dport = :{port} )"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return [line for line in shown.splitlines() if f"pid={os.getpid()}," in line]
-
-
 @pytest.mark.parametrize("keepalive", [True, False], ids=["keepalive-on", "keepalive-off"])
 async def test_api_connections_probe_idle_peers_as_the_setting_says(
     testbed, cluster_config, monkeypatch, keepalive
@@ -719,9 +740,45 @@ async def test_api_connections_probe_idle_peers_as_the_setting_says(
     async with Worker("keepalive") as worker:
         running, _, _ = await start_run(worker, cluster_config, command="sleep 4")
         await asyncio.sleep(1.5)  # the watches and the log stream are open
-        connections = connections_to(port)
+        connections = connections_to(port, os.getpid())
         result = await asyncio.wait_for(running, 60)
     assert result.status_code == 0
     assert connections, "the worker's connections to the API server were seen"
     probing = [line for line in connections if "timer:(keepalive," in line]
     assert len(probing) == (len(connections) if keepalive else 0), connections
+
+
+async def test_a_connection_that_goes_silent_is_given_up_and_the_run_ends_with_every_line_once(
+    testbed, cluster_config, capsys
+):
+    """The issue's dead idle connection: once the flow has printed its first lines, every
+    connection of the worker to the API server goes silent (packets dropped, no reset), the
+    watches and the log stream alike. The flow then prints three more lines and ends. Keepalive
+    (default on) makes the kernel give the connections up after 66 s without an answer; the
+    worker opens new ones, resumes the watches and the log from where they were, and reports
+    the run's end with every line exactly once. Without keepalive the run would never end."""
+    port = int(testbed.env["PKR_APISERVER_URL"].rsplit(":", 1)[1])
+    printed: list[str] = []
+
+    def lines_so_far() -> list[str]:
+        printed.extend(capsys.readouterr().out.splitlines())
+        return [line for line in printed if line.startswith("line ")]
+
+    script = (
+        "echo line 1; echo line 2; echo line 3; sleep 20; echo line 4; echo line 5; echo line 6"
+    )
+    async with Worker("silent-connection") as worker:
+        running, _, _ = await start_run(worker, cluster_config, command=f"sh -c '{script}'")
+        deadline = time.monotonic() + 60
+        while len(lines_so_far()) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert lines_so_far() == ["line 1", "line 2", "line 3"]
+        silenced_ports = local_ports(connections_to(port, os.getpid()))
+        assert silenced_ports, "the worker's watches and log stream were seen"
+        with SilencedConnections(port, silenced_ports):
+            # The kernel gives a connection up 66 s after the last packet it received.
+            result = await asyncio.wait_for(running, 180)
+            still_open = set(silenced_ports) & set(local_ports(connections_to(port, os.getpid())))
+    assert result.status_code == 0
+    assert lines_so_far() == [f"line {n}" for n in range(1, 7)]
+    assert not still_open, "the silent connections were given up"

@@ -24,6 +24,9 @@ def job_manifest(name: str, command: list[str] | None = None, **spec: object) ->
     if command:
         container["command"] = command
     annotations = spec.pop("annotations", {})
+    pod_spec: dict = {"restartPolicy": "Never", "containers": [container]}
+    if "nodeSelector" in spec:
+        pod_spec["nodeSelector"] = spec.pop("nodeSelector")
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -33,7 +36,7 @@ def job_manifest(name: str, command: list[str] | None = None, **spec: object) ->
             **spec,
             "template": {
                 "metadata": {"annotations": annotations},
-                "spec": {"restartPolicy": "Never", "containers": [container]},
+                "spec": pod_spec,
             },
         },
     }
@@ -145,7 +148,7 @@ def test_foreground_deletion_removes_the_pods(testbed):
             ),
         ),
         (
-            {"unschedulable": "true"},
+            {"nodeSelector": {"testbed.prefect.io/pool": "no-such-pool"}},
             lambda pod, events: (
                 "FailedScheduling" in events
                 and "NotTriggerScaleUp" in events
@@ -156,10 +159,15 @@ def test_foreground_deletion_removes_the_pods(testbed):
             ),
         ),
         (
-            {"scale-up-seconds": "2", "run-seconds": "30"},
+            {
+                "scale-up-seconds": "2",
+                "run-seconds": "30",
+                "nodeSelector": {"testbed.prefect.io/pool": "scaled-in-testbed-test"},
+            },
             lambda pod, events: (
-                {"FailedScheduling", "TriggeredScaleUp"} <= events
+                {"FailedScheduling", "TriggeredScaleUp", "Scheduled"} <= events
                 and pod["status"].get("phase") == "Running"
+                and pod["spec"]["nodeName"].startswith("fake-node-scaled-")
             ),
         ),
         (
@@ -176,6 +184,18 @@ def test_foreground_deletion_removes_the_pods(testbed):
                 pod["status"].get("reason") == "Evicted"
                 and pod["status"]["phase"] == "Failed"
                 and "Evicted" in events
+            ),
+        ),
+        (
+            {"evict-after-seconds": "0.5", "run-seconds": "30", "evict-style": "v1.27"},
+            lambda pod, events: (
+                pod["status"].get("reason") == "Evicted"
+                and pod["status"]["phase"] == "Failed"
+                and any(
+                    c["type"] == "DisruptionTarget" and c.get("reason") == "TerminationByKubelet"
+                    for c in pod["status"].get("conditions", [])
+                )
+                and _terminated(pod) == (143, "Error")
             ),
         ),
         (
@@ -204,10 +224,11 @@ def test_foreground_deletion_removes_the_pods(testbed):
         "oom",
         "exit-code",
         "image-pull",
-        "unschedulable",
+        "unschedulable-by-the-scheduler",
         "scale-up",
         "image-pull-failures",
         "eviction",
+        "eviction-1.27",
         "invalid-image",
         "node-lost",
         "slow-start",
@@ -215,10 +236,12 @@ def test_foreground_deletion_removes_the_pods(testbed):
 )
 def test_scripted_behaviours_look_like_a_real_kubelet(testbed, behaviour, check):
     name = unique("script")
+    behaviour = dict(behaviour)
+    spec = {"nodeSelector": behaviour.pop("nodeSelector")} if "nodeSelector" in behaviour else {}
     annotations = {"testbed.prefect.io/mode": "script"} | {
         f"testbed.prefect.io/{key}": value for key, value in behaviour.items()
     }
-    apply(testbed, job_manifest(name, annotations=annotations))
+    apply(testbed, job_manifest(name, annotations=annotations, **spec))
 
     def observed():
         pods = get_json(testbed, "pods", "-l", f"job-name={name}")["items"]

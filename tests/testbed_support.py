@@ -258,3 +258,43 @@ class Testbed:
         """Restarts kube-apiserver alone, on the same port with the same flags (etcd keeps every
         object, the controller-manager keeps running); returns once it is ready again."""
         self.cluster_script("restart-apiserver", timeout=120)
+
+
+def connections_to(port: int, pid: int) -> list[str]:
+    """The established TCP connections of process `pid` to `port`, as `ss` shows them with
+    their timers (`timer:(keepalive,...)` when the socket probes an idle peer)."""
+    shown = subprocess.run(
+        ["ss", "-tnpoH", "state", "established", f"( dport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [line for line in shown.splitlines() if f"pid={pid}," in line]
+
+
+def local_ports(connections: list[str]) -> list[int]:
+    """The local ports of `ss` lines (`<recv-q> <send-q> <local> <peer> ...`)."""
+    return [int(line.split()[2].rsplit(":", 1)[1]) for line in connections]
+
+
+class SilencedConnections:
+    """A packet filter rule (nftables) that drops every packet of some TCP connections on
+    loopback, both ways and without a reset: what a load balancer does to a flow it forgot."""
+
+    def __init__(self, server_port: int, client_ports: list[int]) -> None:
+        self.table = f"pkr_silence_{os.getpid()}_{server_port}"
+        ports = ", ".join(str(port) for port in client_ports)
+        self.script = (
+            f"table inet {self.table} {{\n"
+            "  chain out {\n"
+            "    type filter hook output priority 0; policy accept;\n"
+            f"    tcp sport {{ {ports} }} tcp dport {server_port} drop\n"
+            f"    tcp sport {server_port} tcp dport {{ {ports} }} drop\n"
+            "  }\n"
+            "}\n"
+        )
+
+    def __enter__(self) -> SilencedConnections:
+        run_checked(["nft", "-f", "-"], input=self.script)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        run_checked(["nft", "delete", "table", "inet", self.table])

@@ -49,3 +49,13 @@ def numbered_lines(count: int = 5) -> int:
         print(f"line {n} of {count} in run {flow_run.id}", flush=True)
         time.sleep(0.1)
     return count
+
+
+@flow
+def lines_around_a_pause(pause: float = 20) -> None:
+    """Three lines, a quiet pause, three more lines: the log stream is idle in between."""
+    for n in (1, 2, 3):
+        print(f"before {n} in run {flow_run.id}", flush=True)
+    time.sleep(pause)
+    for n in (1, 2, 3):
+        print(f"after {n} in run {flow_run.id}", flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build kube-apiserver and kube-controller-manager (Kubernetes v1.20.2) from the source of
+# Build kube-apiserver, kube-controller-manager and kube-scheduler (Kubernetes v1.20.2) from the source of
 # Debian bookworm's `kubernetes` package, fully offline once the source is downloaded.
 #
 # Idempotent: when both binaries are already in the cache and run, it exits in well under a
@@ -20,7 +20,7 @@ readonly K8S_VERSION="v1.20.2"
 readonly K8S_COMMIT="faecb196815e248d3ecfb03c680a4507229c2a56"
 readonly SUITE="bookworm"
 readonly SOURCE_PACKAGE="kubernetes"
-readonly COMPONENTS=(kube-apiserver kube-controller-manager)
+readonly COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler)
 readonly PACKAGES=(golang-go etcd-server etcd-client golang-github-modern-go-reflect2-dev rsync jq openssl)
 readonly REFLECT2_SRC="/usr/share/gocode/src/github.com/modern-go/reflect2"
 
@@ -60,6 +60,8 @@ ensure_packages() {
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
     # The keepalive test reads the worker's socket timers with `ss`.
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+    # The silent-connection test drops one connection's packets with a packet filter rule.
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
     if ((${#missing[@]} == 0)); then
         return 0
     fi

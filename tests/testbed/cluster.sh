@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start, stop and inspect a local Kubernetes v1.20 control plane (etcd, kube-apiserver,
-# kube-controller-manager) bound to 127.0.0.1 on free ports. No kubelet, no scheduler: the
-# project's fake kubelet plays the node (and binds the pods).
+# kube-controller-manager, kube-scheduler) bound to 127.0.0.1 on free ports. No kubelet: the
+# project's fake kubelet plays the node (and a node autoscaler); the real scheduler binds pods.
 #
 #   cluster.sh up       build (cached) the binaries, start a fresh stack, write kubeconfigs;
 #                       with PKR_WITH_NODE=1 also the fake kubelet (what `make cluster-up` does)
@@ -14,7 +14,7 @@
 #   PKR_CLUSTER_DIR     state dir (default: <repo>/.cluster): kubeconfig, kubeconfig-narrow,
 #                       cluster.env, pids, logs/, pki/, etcd data
 #   PKR_CACHE           binary cache root, as for build-control-plane.sh
-#   PKR_BIN_DIR         use kube-apiserver/kube-controller-manager from this dir instead
+#   PKR_BIN_DIR         use kube-apiserver/kube-controller-manager/kube-scheduler from this dir
 #   PKR_SKIP_BUILD=1    do not call build-control-plane.sh (fail if the binaries are missing)
 #   PKR_UP_TIMEOUT      seconds to wait for readiness (default: 90)
 #   PKR_WITH_NODE=1     `up` also starts the fake kubelet (the test harness starts its own)
@@ -37,6 +37,7 @@ ENV_FILE="$STATE_DIR/cluster.env"
 KUBECONFIG_ADMIN="$STATE_DIR/kubeconfig"
 KUBECONFIG_NARROW="$STATE_DIR/kubeconfig-narrow"
 KUBECONFIG_KCM="$STATE_DIR/kubeconfig-controller-manager"
+KUBECONFIG_SCHEDULER="$STATE_DIR/kubeconfig-scheduler"
 NARROW_USER="pkr-narrow"
 FEATURE_GATES="TTLAfterFinished=true"
 SERVICE_CIDR="10.96.0.0/16"
@@ -280,6 +281,8 @@ apiserver_ready() {
 # shellcheck disable=SC2317
 kcm_healthy() { [[ "$(curl -sfk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz")" == ok ]]; }
 # shellcheck disable=SC2317
+scheduler_healthy() { [[ "$(curl -sfk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz")" == ok ]]; }
+# shellcheck disable=SC2317
 default_sa_exists() { api GET /api/v1/namespaces/default/serviceaccounts/default; }
 # The fake kubelet says so on its log once its node is registered.
 # shellcheck disable=SC2317
@@ -354,7 +357,7 @@ cmd_up() {
             || die "build-control-plane.sh failed; see its output above"
     fi
     local c
-    for c in kube-apiserver kube-controller-manager; do
+    for c in kube-apiserver kube-controller-manager kube-scheduler; do
         [[ -x "$BIN_DIR/$c" ]] \
             || die "$BIN_DIR/$c is missing: run $SCRIPT_DIR/build-control-plane.sh first"
     done
@@ -366,18 +369,20 @@ cmd_up() {
 
     # A fresh cluster every time: wipe the previous state but keep nothing running from it.
     rm -rf "$STATE_DIR/etcd" "$PKI_DIR" "$LOG_DIR" "$PIDS_FILE" "$ENV_FILE" \
-        "$KUBECONFIG_ADMIN" "$KUBECONFIG_NARROW" "$KUBECONFIG_KCM" "$STATE_DIR/tokens.csv"
+        "$KUBECONFIG_ADMIN" "$KUBECONFIG_NARROW" "$KUBECONFIG_KCM" "$KUBECONFIG_SCHEDULER" \
+        "$STATE_DIR/tokens.csv"
     mkdir -p "$STATE_DIR" "$LOG_DIR"
     # Keep the state dir out of git without touching the repository's .gitignore.
     [[ -f "$STATE_DIR/.gitignore" ]] || printf '*\n' >"$STATE_DIR/.gitignore"
 
     local ports
-    ports="$(free_ports 4)" || die "cannot pick free ports"
-    read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT <<<"$ports"
+    ports="$(free_ports 5)" || die "cannot pick free ports"
+    read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT SCHEDULER_PORT <<<"$ports"
     SERVER="https://127.0.0.1:$API_PORT"
     ADMIN_TOKEN="$(openssl rand -hex 24)"
-    local kcm_token narrow_token
+    local kcm_token scheduler_token narrow_token
     kcm_token="$(openssl rand -hex 24)"
+    scheduler_token="$(openssl rand -hex 24)"
     narrow_token="$(openssl rand -hex 24)"
 
     gen_pki
@@ -386,12 +391,14 @@ cmd_up() {
         printf '%s,%s,%s,"%s"\n' \
             "$ADMIN_TOKEN" pkr-admin pkr-admin system:masters \
             "$kcm_token" system:kube-controller-manager system:kube-controller-manager system:masters \
+            "$scheduler_token" system:kube-scheduler system:kube-scheduler system:masters \
             "$narrow_token" "$NARROW_USER" "$NARROW_USER" pkr-testers \
             >"$STATE_DIR/tokens.csv"
     )
     write_kubeconfig "$KUBECONFIG_ADMIN" pkr-admin "$ADMIN_TOKEN" "$SERVER"
     write_kubeconfig "$KUBECONFIG_NARROW" "$NARROW_USER" "$narrow_token" "$SERVER"
     write_kubeconfig "$KUBECONFIG_KCM" system:kube-controller-manager "$kcm_token" "$SERVER"
+    write_kubeconfig "$KUBECONFIG_SCHEDULER" system:kube-scheduler "$scheduler_token" "$SERVER"
 
     log "starting etcd on 127.0.0.1:$ETCD_PORT"
     start etcd "$etcd_bin" \
@@ -435,6 +442,23 @@ cmd_up() {
     # The serviceaccount controller creating `default` proves the controllers are running.
     wait_for kube-controller-manager "the default ServiceAccount" default_sa_exists
 
+    log "starting kube-scheduler"
+    # API rate 500/s (default 50): binding the soak's and the benchmark's thousand pods at the
+    # default rate would take the scheduler 20 s and more, which is not what is measured there.
+    start kube-scheduler "$BIN_DIR/kube-scheduler" \
+        --kubeconfig="$KUBECONFIG_SCHEDULER" \
+        --authentication-kubeconfig="$KUBECONFIG_SCHEDULER" \
+        --authorization-kubeconfig="$KUBECONFIG_SCHEDULER" \
+        --bind-address=127.0.0.1 \
+        --secure-port="$SCHEDULER_PORT" \
+        --port=0 \
+        --cert-dir="$PKI_DIR/scheduler-selfsigned" \
+        --leader-elect=false \
+        --kube-api-qps=500 \
+        --kube-api-burst=1000 \
+        --feature-gates="$FEATURE_GATES"
+    wait_for kube-scheduler "kube-scheduler /healthz" scheduler_healthy
+
     if [[ "${PKR_WITH_NODE:-0}" == "1" ]]; then
         [[ -x "$FAKE_KUBELET" ]] \
             || die "$FAKE_KUBELET is missing: build it with 'make testbed' (or set PKR_FAKE_KUBELET)"
@@ -451,12 +475,13 @@ PKR_APISERVER_URL=$SERVER
 PKR_APISERVER_PORT=$API_PORT
 PKR_ETCD_URL=http://127.0.0.1:$ETCD_PORT
 PKR_CONTROLLER_MANAGER_PORT=$KCM_PORT
+PKR_SCHEDULER_PORT=$SCHEDULER_PORT
 PKR_CA_FILE=$PKI_DIR/ca.crt
 PKR_BIN_DIR=$BIN_DIR
 EOF
     UP_DONE=1
     trap - INT TERM EXIT
-    log "up in $((SECONDS - t0))s: etcd :$ETCD_PORT, apiserver :$API_PORT, controller-manager :$KCM_PORT"
+    log "up in $((SECONDS - t0))s: etcd :$ETCD_PORT, apiserver :$API_PORT, controller-manager :$KCM_PORT, scheduler :$SCHEDULER_PORT"
     log "kubeconfig (admin):  $KUBECONFIG_ADMIN"
     log "kubeconfig (narrow): $KUBECONFIG_NARROW"
     echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
@@ -507,12 +532,12 @@ cmd_down() {
 }
 
 cmd_status() {
-    local live expected=3 n=0 name pid exe
+    local live expected=4 n=0 name pid exe
     live="$(live_processes)"
     [[ -n "$live" ]] && n="$(wc -l <<<"$live")"
     # A stack started with its node counts the fake kubelet too.
     if [[ -f "$PIDS_FILE" ]] && grep -q '^fake-kubelet ' "$PIDS_FILE"; then
-        expected=4
+        expected=5
     fi
     if ((n == 0)); then
         echo "down"

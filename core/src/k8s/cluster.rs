@@ -196,6 +196,12 @@ impl ClusterRegistry {
 pub const TCP_KEEPALIVE: (Duration, Duration, u32) =
     (Duration::from_secs(30), Duration::from_secs(6), 6);
 
+/// How long sent data may stay unacknowledged before the kernel gives the connection up
+/// (`TCP_USER_TIMEOUT`): the same 66 s as the probes. Keepalive only probes a connection with
+/// nothing in flight; a request written onto a pooled connection the load balancer already
+/// dropped would otherwise wait for the kernel's retransmissions, about 15 minutes.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30 + 6 * 6);
+
 async fn connect(source: ClusterSource, tcp_keepalive: bool) -> Result<Cluster> {
     let (mut config, source_name) = load_config(&source).await?;
     // Retries are the worker's own business: kube's default layer would resend a create after
@@ -225,10 +231,10 @@ async fn connect(source: ClusterSource, tcp_keepalive: bool) -> Result<Cluster> 
     })
 }
 
-/// Why a client could not be built; an exec credential plugin's failure names its command.
 /// The client of `config`: kube's own, or, with keepalive, the same layers over a connector
-/// whose sockets probe idle connections. (kube builds its connector where no setting reaches
-/// it; a proxy in the kubeconfig keeps kube's own path, which reports proxies as unsupported.)
+/// whose sockets probe idle connections and give up unacknowledged data as soon. (kube builds
+/// its connector where no setting reaches it; a proxy in the kubeconfig keeps kube's own path,
+/// which reports proxies as unsupported.)
 fn build_client(config: Config, tcp_keepalive: bool) -> kube::Result<Client> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use kube::client::{Body, ClientBuilder, ConfigExt};
@@ -243,6 +249,7 @@ fn build_client(config: Config, tcp_keepalive: bool) -> kube::Result<Client> {
     http.set_keepalive(Some(idle));
     http.set_keepalive_interval(Some(interval));
     http.set_keepalive_retries(Some(retries));
+    http.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
     let https = config.rustls_https_connector_with_connector(http)?;
     let mut connector = hyper_timeout::TimeoutConnector::new(https);
     connector.set_connect_timeout(config.connect_timeout);
@@ -261,6 +268,7 @@ fn build_client(config: Config, tcp_keepalive: bool) -> kube::Result<Client> {
     Ok(ClientBuilder::new(service, config.default_namespace.clone()).build())
 }
 
+/// Why a client could not be built; an exec credential plugin's failure names its command.
 fn auth_failure(error: &kube::Error, exec_command: Option<&str>) -> String {
     match (error, exec_command) {
         (kube::Error::Auth(_), Some(command)) => format!(

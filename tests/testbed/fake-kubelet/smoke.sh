@@ -214,8 +214,8 @@ spec: {restartPolicy: Never, containers: [{name: main, image: busybox:1.36}]}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: s-unsched, annotations: {testbed.prefect.io/unschedulable: "true"}}
-spec: {restartPolicy: Never, containers: [{name: main, image: busybox:1.36}]}
+metadata: {name: s-unsched}
+spec: {restartPolicy: Never, nodeSelector: {testbed.prefect.io/pool: none}, containers: [{name: main, image: busybox:1.36}]}
 ---
 apiVersion: v1
 kind: Pod
@@ -257,9 +257,9 @@ expect "oom: Failed, terminated 137 OOMKilled" \
 expect "evict: Failed/Evicted, no container statuses, Evicted + Killing events" \
     "$(st s-evict '[.status.phase, .status.reason, (.status.containerStatuses // [] | length), (.status.message | startswith("The node was low on resource: memory."))]') $(ev s-evict | grep -o 'Warning/Evicted/kubelet\|Normal/Killing/kubelet' | sort | tr '\n' ' ')" \
     '["Failed","Evicted",0,true] Normal/Killing/kubelet Warning/Evicted/kubelet '
-expect "unschedulable: not bound, PodScheduled=False/Unschedulable, FailedScheduling from default-scheduler" \
+expect "unschedulable: not bound, PodScheduled=False/Unschedulable from the scheduler, NotTriggerScaleUp" \
     "$(st s-unsched '[.spec.nodeName, (.status.conditions[0] | .type, .status, .reason)]') $(ev s-unsched)" \
-    '[null,"PodScheduled","False","Unschedulable"] Warning/FailedScheduling/default-scheduler '
+    '[null,"PodScheduled","False","Unschedulable"] Normal/NotTriggerScaleUp/cluster-autoscaler Warning/FailedScheduling/default-scheduler '
 expect "node lost: still Running, state running (no exit code), Ready=False, reason NodeLost" \
     "$(st s-lost '[.status.phase, .status.reason, (.status.containerStatuses[0].state | keys[0]), (.status.conditions[] | select(.type=="Ready") | .status)]')" \
     '["Running","NodeLost","running","False"]'

@@ -61,7 +61,8 @@ pub async fn follow_run(
     let outcome = follower
         .follow(&mut state, &mut subscription, &options)
         .await;
-    // Only a run whose pods' logs were followed must wait for the printer.
+    // Only a run whose pods' logs were followed must wait for the printer (a run that ended
+    // normally has drained its logs already, before its end was said).
     if follower.finish_logs().await {
         follower.log_lines.wait_printed().await;
     }
@@ -311,6 +312,11 @@ impl RunFollower {
         // to read, so start the followers it did not get yet.
         if stream_output {
             self.update_log_tasks(state);
+        }
+        // The Job's end is said after the flow's last line: a log stream on a dead connection
+        // is read again from its cursor first (bounded), so "completed" closes the run's log.
+        if self.finish_logs().await {
+            self.log_lines.wait_printed().await;
         }
         let job = self.job_name.clone();
         let job = &job;

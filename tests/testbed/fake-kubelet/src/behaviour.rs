@@ -33,8 +33,6 @@ const SCRIPT_KEYS: &[&str] = &[
 /// Keys valid in both modes.
 const COMMON_KEYS: &[&str] = &[
     "mode",
-    "unschedulable",
-    "unschedulable-message",
     "scale-up-seconds",
     "image-pull-failures",
     "start-delay-seconds",
@@ -43,11 +41,11 @@ const COMMON_KEYS: &[&str] = &[
     "create-container-config-error",
     "evict-after-seconds",
     "evict-message",
+    "evict-style",
     "node-lost-after-seconds",
     "restart-backoff-seconds",
 ];
 
-pub const DEFAULT_UNSCHEDULABLE_MESSAGE: &str = "0/1 nodes are available: 1 Insufficient cpu.";
 pub const DEFAULT_CONFIG_ERROR: &str = "secret \"testbed-missing-secret\" not found";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,23 +62,25 @@ pub enum PullFailure {
     ImagePullBackOff,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Unschedulable {
-    /// `None`: forever; `Some(d)`: bind after `d`.
-    pub for_duration: Option<Duration>,
-    pub message: String,
-    /// A node autoscaler adds a node for the pod (a `TriggeredScaleUp` Event at once, the pod
-    /// bound when the node is there); else a forever-unschedulable pod gets `NotTriggerScaleUp`.
-    pub scale_up: bool,
+/// How an eviction shows on the pod: as a v1.20 kubelet writes it (phase, reason and message
+/// only), or as a 1.27+ kubelet does (the `DisruptionTarget` condition, the containers' ends
+/// and the other conditions kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictStyle {
+    V1_20,
+    V1_27,
 }
 
 /// Pod-wide behaviour.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodBehaviour {
     pub mode: Mode,
-    pub unschedulable: Option<Unschedulable>,
+    /// When the scheduler finds no node for the pod, a node autoscaler adds one this long
+    /// after (a `TriggeredScaleUp` Event at once); `None`: it adds none (`NotTriggerScaleUp`).
+    pub scale_up_after: Option<Duration>,
     pub evict_after: Option<Duration>,
     pub evict_message: Option<String>,
+    pub evict_style: EvictStyle,
     pub node_lost_after: Option<Duration>,
     pub restart_backoff: Option<Duration>,
     pub warnings: Vec<String>,
@@ -164,7 +164,14 @@ impl<'a> Annotations<'a> {
         for key in map.keys() {
             if let Some(rest) = key.strip_prefix(PREFIX) {
                 let base = rest.split('.').next().unwrap_or(rest);
-                if !SCRIPT_KEYS.contains(&base) && !COMMON_KEYS.contains(&base) {
+                if base.starts_with("unschedulable") {
+                    // Gone since the testbed runs the real kube-scheduler.
+                    warnings.push(format!(
+                        "unknown annotation {key}: the kube-scheduler decides what is \
+                         unschedulable; give the pod a nodeSelector no node has (and \
+                         {PREFIX}scale-up-seconds for a node autoscaler)"
+                    ));
+                } else if !SCRIPT_KEYS.contains(&base) && !COMMON_KEYS.contains(&base) {
                     warnings.push(format!("unknown annotation {key}"));
                 }
             }
@@ -250,36 +257,19 @@ impl<'a> Annotations<'a> {
             None if self.has_script_keys() => Mode::Script,
             None => Mode::Exec,
         };
-        let unschedulable = self
-            .get(
-                "unschedulable",
-                None,
-                "a boolean or a number of seconds",
-                |v| match parse_bool(v) {
-                    Some(true) => Some(Some(None)),
-                    Some(false) => Some(None),
-                    None => parse_seconds(v).map(|d| Some(Some(d))),
-                },
-            )
-            .flatten();
-        let scale_up = self.seconds("scale-up-seconds", None);
-        let unschedulable = match (unschedulable, scale_up) {
-            (_, Some(node_after)) => Some((Some(node_after), true)),
-            (Some(for_duration), None) => Some((for_duration, false)),
-            (None, None) => None,
-        }
-        .map(|(for_duration, scale_up)| Unschedulable {
-            for_duration,
-            message: self
-                .string("unschedulable-message", None)
-                .unwrap_or_else(|| DEFAULT_UNSCHEDULABLE_MESSAGE.to_string()),
-            scale_up,
-        });
+        let evict_style = self
+            .get("evict-style", None, "v1.20 or v1.27", |v| match v.trim() {
+                "v1.20" | "1.20" => Some(EvictStyle::V1_20),
+                "v1.27" | "1.27" => Some(EvictStyle::V1_27),
+                _ => None,
+            })
+            .unwrap_or(EvictStyle::V1_20);
         PodBehaviour {
             mode,
-            unschedulable,
+            scale_up_after: self.seconds("scale-up-seconds", None),
             evict_after: self.seconds("evict-after-seconds", None),
             evict_message: self.string("evict-message", None),
+            evict_style,
             node_lost_after: self.seconds("node-lost-after-seconds", None),
             restart_backoff: self.seconds("restart-backoff-seconds", None),
             warnings: Vec::new(),
@@ -427,7 +417,8 @@ mod tests {
     fn no_annotations_is_exec_with_defaults() {
         let (p, cs) = parse(&BTreeMap::new(), &["main"]);
         assert_eq!(p.mode, Mode::Exec);
-        assert!(p.unschedulable.is_none());
+        assert!(p.scale_up_after.is_none());
+        assert_eq!(p.evict_style, EvictStyle::V1_20);
         assert!(p.warnings.is_empty());
         assert_eq!(cs[0].script, ScriptSpec::default());
         assert_eq!(cs[0].start_delay, Duration::ZERO);
@@ -482,20 +473,16 @@ mod tests {
     }
 
     #[test]
-    fn unschedulable_forms() {
-        let (p, _) = parse(&ann(&[("unschedulable", "true")]), &["m"]);
-        let u = p.unschedulable.unwrap();
-        assert_eq!(u.for_duration, None);
-        assert_eq!(u.message, DEFAULT_UNSCHEDULABLE_MESSAGE);
+    fn scale_up_and_eviction_style() {
         let (p, _) = parse(
-            &ann(&[("unschedulable", "2.5"), ("unschedulable-message", "m")]),
+            &ann(&[("scale-up-seconds", "2.5"), ("evict-style", "v1.27")]),
             &["m"],
         );
-        let u = p.unschedulable.unwrap();
-        assert_eq!(u.for_duration, Some(Duration::from_millis(2500)));
-        assert_eq!(u.message, "m");
-        let (p, _) = parse(&ann(&[("unschedulable", "false")]), &["m"]);
-        assert!(p.unschedulable.is_none());
+        assert_eq!(p.scale_up_after, Some(Duration::from_millis(2500)));
+        assert_eq!(p.evict_style, EvictStyle::V1_27);
+        // The scheduler decides what is unschedulable now: the old key is unknown.
+        let (p, _) = parse(&ann(&[("unschedulable", "true")]), &["m"]);
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
     }
 
     #[test]

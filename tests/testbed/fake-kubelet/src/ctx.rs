@@ -1,11 +1,11 @@
 //! State shared by all tasks: API client, write limits, events, logs, live processes, options.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kube::Client;
@@ -71,7 +71,7 @@ impl ProcTable {
 #[derive(Default)]
 pub struct Stats {
     pub pods_seen: AtomicU64,
-    pub binds: AtomicU64,
+    pub nodes_added: AtomicU64,
     pub status_patches: AtomicU64,
     pub deletes: AtomicU64,
     pub containers_started: AtomicU64,
@@ -80,7 +80,12 @@ pub struct Stats {
 
 pub struct Ctx {
     pub client: Client,
+    /// The node this kubelet registers at start.
     pub node: String,
+    /// Every node this kubelet plays: its own and those its autoscaler added.
+    nodes: Mutex<HashSet<String>>,
+    /// The log server's port, which every node advertises.
+    pub port: OnceLock<u16>,
     pub api_sem: Arc<Semaphore>,
     pub events: Arc<EventRecorder>,
     pub logs: Arc<LogRegistry>,
@@ -102,7 +107,9 @@ impl Ctx {
         Arc::new(Ctx {
             events: EventRecorder::new(client.clone(), node.clone(), event_concurrency),
             client,
+            nodes: Mutex::new(HashSet::from([node.clone()])),
             node,
+            port: OnceLock::new(),
             api_sem: Arc::new(Semaphore::new(api_concurrency.max(1))),
             logs: Arc::new(LogRegistry::default()),
             procs: ProcTable::default(),
@@ -111,6 +118,16 @@ impl Ctx {
             rng: RandomState::new(),
             seq: AtomicU64::new(0),
         })
+    }
+
+    /// Whether pods bound to `node` are this kubelet's to run.
+    pub fn plays(&self, node: &str) -> bool {
+        self.nodes.lock().unwrap().contains(node)
+    }
+
+    /// Takes on a node the autoscaler added.
+    pub fn add_node(&self, node: String) {
+        self.nodes.lock().unwrap().insert(node);
     }
 
     /// `n` random-looking hex digits (unique per call within this process).

@@ -1,5 +1,5 @@
-//! One watch on all pods; each pod that is unscheduled or bound to this node gets a task
-//! (`pod::run`) that receives the pod's latest object through a watch channel.
+//! One watch on all pods; each pod that is unscheduled or bound to a node this kubelet plays
+//! gets a task (`pod::run`) that receives the pod's latest object through a watch channel.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ impl Dispatcher {
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
-        if !node.is_empty() && node != self.ctx.node {
+        if !node.is_empty() && !self.ctx.plays(&node) && !self.tasks.contains_key(&uid) {
             return None;
         }
         let update = PodUpdate {

@@ -35,7 +35,6 @@ pub enum Type {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
     Kubelet,
-    Scheduler,
     ClusterAutoscaler,
     FakeKubelet,
 }
@@ -44,7 +43,6 @@ impl Source {
     fn component(self) -> &'static str {
         match self {
             Source::Kubelet => "kubelet",
-            Source::Scheduler => "default-scheduler",
             Source::ClusterAutoscaler => "cluster-autoscaler",
             Source::FakeKubelet => "fake-kubelet",
         }

@@ -22,13 +22,14 @@ use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Kubelet stand-in for the testbed: registers a node, binds and "runs" pods (local processes or
-/// scripted behaviour chosen by `testbed.prefect.io/*` annotations) and serves their logs.
+/// Kubelet stand-in for the testbed: registers a node, "runs" the pods the kube-scheduler binds
+/// to it (local processes or scripted behaviour chosen by `testbed.prefect.io/*` annotations),
+/// serves their logs, and plays a node autoscaler for pods no node can take.
 #[derive(Parser, Debug)]
 #[command(name = "fake-kubelet", version)]
 struct Cli {
-    /// Kubeconfig of a user allowed to manage nodes, pods, pods/status, pods/binding, events,
-    /// and to read secrets and configmaps.
+    /// Kubeconfig of a user allowed to manage nodes, pods, pods/status, events, and to read
+    /// secrets and configmaps.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
     #[arg(long, default_value = "fake-node")]
@@ -39,7 +40,7 @@ struct Cli {
     /// Where to write `port`, `pid` and the serving certificate (`kubelet.crt`, `kubelet.key`).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Concurrent API writes for binds, status patches and deletions.
+    /// Concurrent API writes for status patches and deletions.
     #[arg(long, default_value_t = 32)]
     api_concurrency: usize,
     /// Concurrent Event writes.
@@ -154,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
             heartbeat: Duration::from_secs_f64(cli.heartbeat_seconds.max(1.0)),
         },
     );
+    let _ = ctx.port.set(port);
     tokio::spawn(server::serve(listener, acceptor, ctx.clone()));
 
     let mut tries = 0;
@@ -188,11 +190,11 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 let s = &ctx.stats;
                 let line = format!(
-                    "pods={} live_logs={} processes={} binds={} status_patches={} deletes={} containers_started={} events={} api_retries={}",
+                    "pods={} live_logs={} processes={} nodes_added={} status_patches={} deletes={} containers_started={} events={} api_retries={}",
                     s.pods_seen.load(Ordering::Relaxed),
                     ctx.logs.len(),
                     ctx.procs.snapshot().len(),
-                    s.binds.load(Ordering::Relaxed),
+                    s.nodes_added.load(Ordering::Relaxed),
                     s.status_patches.load(Ordering::Relaxed),
                     s.deletes.load(Ordering::Relaxed),
                     s.containers_started.load(Ordering::Relaxed),

@@ -1,5 +1,7 @@
-//! Node registration (create or update) and the Ready heartbeat.
+//! Node registration (create or update), the Ready heartbeat, and the nodes a node autoscaler
+//! adds.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -85,16 +87,25 @@ fn conditions(now: &str, since: &str) -> Value {
     ])
 }
 
-fn node_status(ctx: &Ctx, port: u16, since: &str) -> Value {
+/// What the kubelet's own node offers the scheduler: room for the soak's and the benchmark's
+/// thousands of pods (none of which requests resources), but not for a pod that asks for more
+/// than a large machine has.
+const NODE_CAPACITY: (&str, &str, &str) = ("64", "256Gi", "5000");
+/// A node the autoscaler adds is larger, so a pod that asked for more than the first node has
+/// fits there (as the autoscaler picks a node group whose machines fit the pod).
+const SCALED_NODE_CAPACITY: (&str, &str, &str) = ("512", "4Ti", "5000");
+
+fn node_status(name: &str, capacity: (&str, &str, &str), port: u16, since: &str) -> Value {
     let now = ts(&Utc::now());
-    let res = json!({"cpu": "64", "memory": "256Gi", "pods": "2000", "ephemeral-storage": "100Gi"});
+    let (cpu, memory, pods) = capacity;
+    let res = json!({"cpu": cpu, "memory": memory, "pods": pods, "ephemeral-storage": "100Gi"});
     json!({
         "capacity": res,
         "allocatable": res,
         "conditions": conditions(&now, since),
         "addresses": [
             {"type": "InternalIP", "address": "127.0.0.1"},
-            {"type": "Hostname", "address": ctx.node},
+            {"type": "Hostname", "address": name},
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
         "nodeInfo": {
@@ -112,22 +123,58 @@ fn node_status(ctx: &Ctx, port: u16, since: &str) -> Value {
     })
 }
 
-/// Creates the Node (or takes over an existing one) and writes its full status.
+/// Creates the kubelet's own Node (or takes over an existing one), writes its full status and
+/// its Lease.
 pub async fn register(ctx: &Arc<Ctx>, port: u16) -> anyhow::Result<()> {
+    let uid = register_node(ctx, &ctx.node, &BTreeMap::new(), NODE_CAPACITY, port).await?;
+    if let Err(e) = renew_lease(ctx, uid.as_deref()).await {
+        tracing::warn!(error = %e, "node lease");
+    }
+    Ok(())
+}
+
+/// The node a node autoscaler adds for a pod the scheduler found no room for: its labels are
+/// the pod's nodeSelector (the node group's labels, as Karpenter or a matching
+/// cluster-autoscaler group would give it) and it is larger than the first node. Returns its
+/// name once it is registered and Ready, without taints, so the scheduler's next attempt binds
+/// the pod there. It gets no heartbeat: no node lifecycle controller runs on the testbed.
+pub async fn add_scaled_node(
+    ctx: &Arc<Ctx>,
+    node_selector: &BTreeMap<String, String>,
+) -> anyhow::Result<String> {
+    let name = format!("{}-scaled-{}", ctx.node, ctx.random_hex(5));
+    let port = ctx.port.get().copied().unwrap_or_default();
+    // Played before registering, so a pod the scheduler binds at once finds its kubelet.
+    ctx.add_node(name.clone());
+    register_node(ctx, &name, node_selector, SCALED_NODE_CAPACITY, port).await?;
+    Ok(name)
+}
+
+async fn register_node(
+    ctx: &Arc<Ctx>,
+    name: &str,
+    extra_labels: &BTreeMap<String, String>,
+    capacity: (&str, &str, &str),
+    port: u16,
+) -> anyhow::Result<Option<String>> {
     let api: Api<Node> = Api::all(ctx.client.clone());
+    let mut labels: BTreeMap<String, String> = extra_labels.clone();
+    for (key, value) in [
+        ("kubernetes.io/hostname", name),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", arch()),
+        ("beta.kubernetes.io/os", "linux"),
+        ("beta.kubernetes.io/arch", arch()),
+        ("testbed.prefect.io/fake-kubelet", "true"),
+    ] {
+        labels.insert(key.to_string(), value.to_string());
+    }
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
-            "name": ctx.node,
-            "labels": {
-                "kubernetes.io/hostname": ctx.node,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": arch(),
-                "beta.kubernetes.io/os": "linux",
-                "beta.kubernetes.io/arch": arch(),
-                "testbed.prefect.io/fake-kubelet": "true",
-            },
+            "name": name,
+            "labels": labels,
             "annotations": {
                 "node.alpha.kubernetes.io/ttl": "0",
                 "volumes.kubernetes.io/controller-managed-attach-detach": "true",
@@ -137,40 +184,37 @@ pub async fn register(ctx: &Arc<Ctx>, port: u16) -> anyhow::Result<()> {
     }))?;
     let uid = match api.create(&PostParams::default(), &node).await {
         Ok(n) => {
-            tracing::info!(node = %ctx.node, "node created");
+            tracing::info!(node = %name, "node created");
             n.metadata.uid
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
             // update labels of the existing node, keep anything else
             let meta = json!({"metadata": {"labels": node.metadata.labels}});
             let n = api
-                .patch(&ctx.node, &PatchParams::default(), &Patch::Merge(&meta))
+                .patch(name, &PatchParams::default(), &Patch::Merge(&meta))
                 .await?;
-            tracing::info!(node = %ctx.node, "node exists; taking it over");
+            tracing::info!(node = %name, "node exists; taking it over");
             n.metadata.uid
         }
         Err(e) => return Err(e.into()),
     };
     let since = ts(&Utc::now());
-    let body = json!({"status": node_status(ctx, port, &since)});
-    api.patch_status(&ctx.node, &PatchParams::default(), &Patch::Merge(&body))
+    let body = json!({"status": node_status(name, capacity, port, &since)});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
         .await?;
     // The apiserver's TaintNodesByCondition admission adds node.kubernetes.io/not-ready at
     // create; the node lifecycle controller (not run on the testbed) would drop it once Ready.
     api.patch(
-        &ctx.node,
+        name,
         &PatchParams::default(),
         &Patch::Merge(&json!({"spec": {"taints": null}})),
     )
     .await?;
-    if let Err(e) = renew_lease(ctx, uid.as_deref()).await {
-        tracing::warn!(error = %e, "node lease");
-    }
     let obj = ObjRef {
         kind: "Node",
         namespace: String::new(),
-        name: ctx.node.clone(),
-        uid: uid.unwrap_or_else(|| ctx.node.clone()),
+        name: name.to_string(),
+        uid: uid.clone().unwrap_or_else(|| name.to_string()),
     };
     ctx.events.emit(
         &obj,
@@ -185,10 +229,10 @@ pub async fn register(ctx: &Arc<Ctx>, port: u16) -> anyhow::Result<()> {
         None,
         Type::Normal,
         "NodeReady",
-        &format!("Node {} status is now: NodeReady", ctx.node),
+        &format!("Node {name} status is now: NodeReady"),
         Source::Kubelet,
     );
-    Ok(())
+    Ok(uid)
 }
 
 fn micro_time() -> String {

@@ -1,4 +1,4 @@
-//! One task per pod: scheduling (bind or Unschedulable), the container drivers, pod-level
+//! One task per pod: waiting for the scheduler (and the autoscaler's part), the container drivers, pod-level
 //! behaviour (eviction, node loss, activeDeadlineSeconds), status patches and graceful deletion.
 
 use std::future::Future;
@@ -8,17 +8,18 @@ use std::time::Duration;
 
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::behaviour::{self, Mode};
+use crate::behaviour::{self, EvictStyle, Mode};
 use crate::container::{self, ContainerDef, PodCtx, Report, StopKind, StopReq};
 use crate::ctx::Ctx;
 use crate::events::{ObjRef, Source, Type};
 use crate::logs::PodLogs;
-use crate::status::{ts, CState, CStatus, PodModel, RestartPolicy, Terminated};
+use crate::node;
+use crate::status::{CState, CStatus, PodModel, RestartPolicy, Terminated};
 
 /// The kubelet's floor for a container's grace period (kuberuntime's
 /// `minimumGracePeriodInSeconds`): even "kill now" gives SIGTERM this long before SIGKILL.
@@ -140,17 +141,6 @@ impl PodTask {
         while self.next_update().await {}
     }
 
-    /// Sleeps; true if the pod went away meanwhile.
-    async fn sleep_or_gone(&mut self, d: Duration) -> bool {
-        let until = Instant::now() + d;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return false,
-                ok = self.next_update() => if !ok { return true },
-            }
-        }
-    }
-
     async fn patch_status(&self, status: Value) -> bool {
         let body = json!({ "metadata": {"uid": self.obj.uid}, "status": status });
         let pp = PatchParams::default();
@@ -221,51 +211,56 @@ impl PodTask {
         }
     }
 
-    async fn bind(&mut self) -> bool {
-        let body = json!({
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": self.obj.name, "namespace": self.obj.namespace, "uid": self.obj.uid},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": self.ctx.node},
-        });
-        let pp = PostParams::default();
-        let r = with_retry(&self.ctx, "bind", || {
-            self.api
-                .create_subresource::<_, Value>("binding", &self.obj.name, &pp, &body)
-        })
-        .await;
-        match r {
-            Ok(_) => {
-                self.ctx.stats.binds.fetch_add(1, Ordering::Relaxed);
-                self.event(
-                    Type::Normal,
-                    "Scheduled",
-                    &format!(
-                        "Successfully assigned {}/{} to {}",
-                        self.obj.namespace, self.obj.name, self.ctx.node
-                    ),
-                    Source::Scheduler,
-                );
-                true
+    /// Until the kube-scheduler binds the pod: what a node autoscaler does for a pod the
+    /// scheduler found no node for (cluster-autoscaler's Events on the pod, and, when the pod
+    /// asks for it, a node that fits it). Returns the node, or `None` once the pod is gone.
+    async fn wait_for_binding(&mut self, scale_up_after: Option<Duration>) -> Option<String> {
+        let mut autoscaler_answered = false;
+        let mut node_added_at: Option<Instant> = None;
+        loop {
+            let pod = self.current();
+            let spec = pod.spec.as_ref();
+            if let Some(node) = spec
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty())
+            {
+                return Some(node);
             }
-            Err(e) if api_code(&e) == Some(409) => {
-                // already bound (to us by an earlier attempt, or elsewhere)
-                let on_us = match self.api.get_opt(&self.obj.name).await {
-                    Ok(Some(p)) => {
-                        p.spec.and_then(|s| s.node_name).as_deref() == Some(self.ctx.node.as_str())
+            if !autoscaler_answered && is_unschedulable(&pod) {
+                autoscaler_answered = true;
+                match scale_up_after {
+                    // What cluster-autoscaler writes on the pod (its wording, v1.2x).
+                    Some(after) => {
+                        self.event(
+                            Type::Normal,
+                            "TriggeredScaleUp",
+                            "pod triggered scale-up: [{testbed-pool 0->1 (max: 3)}]",
+                            Source::ClusterAutoscaler,
+                        );
+                        node_added_at = Some(Instant::now() + after);
                     }
-                    _ => false,
-                };
-                if !on_us {
-                    tracing::info!(pod = %self.obj.name, error = %e, "pod not bound to this node");
+                    None => self.event(
+                        Type::Normal,
+                        "NotTriggerScaleUp",
+                        "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector",
+                        Source::ClusterAutoscaler,
+                    ),
                 }
-                on_us
             }
-            Err(e) => {
-                if api_code(&e) != Some(404) {
-                    tracing::warn!(pod = %self.obj.name, error = %e, "binding failed");
+            let far = Instant::now() + Duration::from_secs(86_400 * 365);
+            tokio::select! {
+                ok = self.next_update() => if !ok { return None },
+                _ = tokio::time::sleep_until(node_added_at.unwrap_or(far)), if node_added_at.is_some() => {
+                    node_added_at = None;
+                    let selector = spec.and_then(|s| s.node_selector.clone()).unwrap_or_default();
+                    match node::add_scaled_node(&self.ctx, &selector).await {
+                        Ok(name) => {
+                            self.ctx.stats.nodes_added.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(pod = %self.obj.name, node = %name, "autoscaler added a node");
+                        }
+                        Err(e) => tracing::warn!(pod = %self.obj.name, error = %e, "adding a node failed"),
+                    }
                 }
-                false
             }
         }
     }
@@ -300,66 +295,18 @@ impl PodTask {
             );
         }
 
-        let mut scheduled_at = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c.type_ == "PodScheduled" && c.status == "True")
-            })
-            .and_then(|c| c.last_transition_time.as_ref())
-            .and_then(|t| {
-                chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
-            })
-            .unwrap_or_else(Utc::now);
+        let mut scheduled_at = scheduled_time(&pod).unwrap_or_else(Utc::now);
 
         if node_name.is_empty() {
-            if let Some(u) = &pb.unschedulable {
-                let now = ts(&Utc::now());
-                self.patch_status(json!({
-                    "phase": "Pending",
-                    "conditions": [{
-                        "type": "PodScheduled", "status": "False", "lastProbeTime": null,
-                        "lastTransitionTime": now, "reason": "Unschedulable", "message": u.message,
-                    }],
-                }))
-                .await;
-                self.event(
-                    Type::Warning,
-                    "FailedScheduling",
-                    &u.message,
-                    Source::Scheduler,
-                );
-                // What cluster-autoscaler writes on the pod (its wording, v1.2x).
-                if u.scale_up {
-                    self.event(
-                        Type::Normal,
-                        "TriggeredScaleUp",
-                        "pod triggered scale-up: [{testbed-pool 0->1 (max: 3)}]",
-                        Source::ClusterAutoscaler,
-                    );
-                } else if u.for_duration.is_none() {
-                    self.event(
-                        Type::Normal,
-                        "NotTriggerScaleUp",
-                        "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector",
-                        Source::ClusterAutoscaler,
-                    );
+            match self.wait_for_binding(pb.scale_up_after).await {
+                None => return,
+                Some(node) if !self.ctx.plays(&node) => {
+                    tracing::info!(pod = %self.obj.name, node = %node, "pod bound to a node this kubelet does not play");
+                    return self.wait_gone().await;
                 }
-                match u.for_duration {
-                    None => return self.wait_gone().await,
-                    Some(d) => {
-                        if self.sleep_or_gone(d).await {
-                            return;
-                        }
-                    }
-                }
+                Some(_) => {}
             }
-            if !self.bind().await {
-                return self.wait_gone().await;
-            }
-            scheduled_at = Utc::now();
+            scheduled_at = scheduled_time(&self.current()).unwrap_or_else(Utc::now);
         } else {
             let status = pod.status.clone().unwrap_or_default();
             let phase = status.phase.clone().unwrap_or_default();
@@ -605,10 +552,22 @@ impl PodTask {
                         main_specs.first().map(|c| c.name.as_str()).unwrap_or("main")
                     ));
                     self.event(Type::Warning, "Evicted", &msg, Source::Kubelet);
-                    // As a v1.20 kubelet does (syncPod with SyncPodKill): the evicted status is
-                    // set first, the containers are killed after; the API server never sees
-                    // the containers' ends without the eviction.
-                    self.patch_status(model.evicted_status_json(&msg)).await;
+                    match pb.evict_style {
+                        // As a v1.20 kubelet does (syncPod with SyncPodKill): the evicted status
+                        // is set first, the containers are killed after; the API server never
+                        // sees the containers' ends without the eviction.
+                        EvictStyle::V1_20 => {
+                            self.patch_status(model.evicted_status_json(&msg)).await;
+                        }
+                        // A 1.27+ kubelet adds DisruptionTarget at once but holds the terminal
+                        // phase back until every container has stopped (the status manager's
+                        // mergePodStatus), so the containers' ends are published, then Failed.
+                        EvictStyle::V1_27 => {
+                            model.mark_disruption_target(&msg, Utc::now());
+                            last_sent = model.status_json();
+                            self.patch_status(last_sent.clone()).await;
+                        }
+                    }
                     stopping = Some(Cause::Evict(msg));
                     // A hard eviction asks for grace 0, which the kubelet raises to its minimum of
                     // 2 s: the process gets SIGTERM and a moment to act on it (Prefect's engine
@@ -630,7 +589,8 @@ impl PodTask {
                     model.not_ready = true;
                     model.reason = Some("NodeLost".into());
                     model.message = Some(format!(
-                        "Node {} which was running pod {} is unresponsive", ctx.node, self.obj.name
+                        "Node {} which was running pod {} is unresponsive",
+                        spec.node_name.as_deref().unwrap_or(&ctx.node), self.obj.name
                     ));
                     model.recompute(Utc::now());
                     Self::set_views(&logs, &model);
@@ -683,14 +643,22 @@ impl PodTask {
             model.recompute(Utc::now());
             Self::set_views(&logs, &model);
             let js = model.status_json();
-            // An evicted pod's status stays the eviction's (published above).
-            if js != last_sent && !matches!(stopping, Some(Cause::Evict(_))) {
+            // A v1.20 evicted pod's status stays the eviction's (published above).
+            let frozen =
+                matches!(stopping, Some(Cause::Evict(_))) && pb.evict_style == EvictStyle::V1_20;
+            if js != last_sent && !frozen {
                 self.patch_status(js.clone()).await;
                 last_sent = js;
             }
         }
 
         match stopping {
+            Some(Cause::Evict(msg)) if pb.evict_style == EvictStyle::V1_27 => {
+                model.fail("Evicted", &msg, Utc::now());
+                Self::set_views(&logs, &model);
+                self.patch_status(model.status_json()).await;
+                self.idle(false).await
+            }
             Some(Cause::Evict(msg)) => {
                 model.phase = crate::status::Phase::Failed;
                 for c in logs.containers.values() {
@@ -724,4 +692,34 @@ impl PodTask {
             }
         }
     }
+}
+
+/// Whether the scheduler has marked the pod Unschedulable (`PodScheduled=False`).
+fn is_unschedulable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        })
+}
+
+/// When the pod was bound (its `PodScheduled=True` condition), as the kubelet's view of the
+/// pod's start.
+fn scheduled_time(pod: &Pod) -> Option<chrono::DateTime<Utc>> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+        })
+        .and_then(|c| c.last_transition_time.as_ref())
+        .and_then(|t| {
+            chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
+        })
 }

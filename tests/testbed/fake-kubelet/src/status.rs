@@ -424,6 +424,17 @@ impl PodModel {
         self.set_condition("PodScheduled", (true, None, None), now);
     }
 
+    /// The condition a 1.26+ kubelet adds to a pod it is about to evict (KEP-3329): kept
+    /// through the rest of the pod's life, also once the phase is Failed.
+    pub fn mark_disruption_target(&mut self, message: &str, now: Time) {
+        let target = (
+            true,
+            Some("TerminationByKubelet".to_string()),
+            Some(message.to_string()),
+        );
+        self.set_condition("DisruptionTarget", target, now);
+    }
+
     /// Force a terminal phase with a reason (DeadlineExceeded, ...).
     pub fn fail(&mut self, reason: &str, message: &str, now: Time) {
         self.phase = Phase::Failed;
