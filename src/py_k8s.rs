@@ -13,7 +13,7 @@ use prefect_kubernetes_rs_core::k8s::run::{
     RunRequest, MAX_WATCH_TIMEOUT_SECONDS,
 };
 use prefect_kubernetes_rs_core::k8s::{jobs, Cluster, ClusterRegistry, ClusterSource};
-use prefect_kubernetes_rs_core::manifest::credentials::{CredentialSettings, SecretKeyRef};
+use prefect_kubernetes_rs_core::manifest::credentials::CredentialSettings;
 use pyo3::exceptions::{PyStopAsyncIteration, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -112,15 +112,16 @@ impl ClusterHandle {
         self.cluster.server().to_owned()
     }
 
-    /// Starts a flow run: subscribes to its Job's events, stores the API key in a Secret when
-    /// the settings say so, creates the Job (retrying, adopting one an earlier attempt made),
+    /// Starts a flow run: subscribes to its Job's events, stores the API key (and with
+    /// `store_env_as_secret` the flow container's plain env) in Secrets when the settings say
+    /// so, creates the Job (retrying, adopting one an earlier attempt made),
     /// names its pid and follows it. Returns a `StartedRun`.
     #[pyo3(signature = (
         *, namespace, flow_run_id, manifest, pod_watch_timeout_seconds,
         job_watch_timeout_seconds, stream_output, create_attempts, create_delay_seconds,
         create_jitter_min_seconds, create_jitter_max_seconds, cluster_uid,
         api_key_secret_name, api_key_secret_key, create_api_key_secret_for_pool,
-        api_auth_string_secret_name, api_auth_string_secret_key,
+        api_auth_string_secret_name, api_auth_string_secret_key, store_env_as_secret,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start_run<'py>(
@@ -142,6 +143,7 @@ impl ClusterHandle {
         create_api_key_secret_for_pool: Option<String>,
         api_auth_string_secret_name: Option<String>,
         api_auth_string_secret_key: Option<String>,
+        store_env_as_secret: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let manifest: Value = pythonize::depythonize(manifest)
             .map_err(|error| conversion_error(py, "job_manifest", error))?;
@@ -178,32 +180,20 @@ impl ClusterHandle {
             )?
             .max(jitter_min),
         };
-        let credentials = CredentialSettings {
-            api_key_secret: api_key_secret_name
-                .filter(|name| !name.is_empty())
-                .map(|name| SecretKeyRef {
-                    name,
-                    key: api_key_secret_key
-                        .filter(|key| !key.is_empty())
-                        .unwrap_or_else(|| {
-                            prefect_kubernetes_rs_core::manifest::credentials::DEFAULT_SECRET_KEY
-                                .into()
-                        }),
-                }),
+        let credentials = CredentialSettings::from_worker_settings(
+            api_key_secret_name,
+            api_key_secret_key,
             create_api_key_secret_for_pool,
-            auth_string_secret: match (api_auth_string_secret_name, api_auth_string_secret_key) {
-                (Some(name), Some(key)) if !name.is_empty() && !key.is_empty() => {
-                    Some(SecretKeyRef { name, key })
-                }
-                _ => None,
-            },
-        };
+            api_auth_string_secret_name,
+            api_auth_string_secret_key,
+        );
         let request = RunRequest {
             namespace,
             flow_run_id,
             manifest,
             credentials,
             create_retry,
+            store_env_as_secret,
             cluster_uid,
             follow,
         };

@@ -164,6 +164,7 @@ START_ARGUMENTS: dict[str, Any] = {
     "create_api_key_secret_for_pool": None,
     "api_auth_string_secret_name": None,
     "api_auth_string_secret_key": None,
+    "store_env_as_secret": False,
 }
 SECONDS_ARGUMENTS = {
     "pod_watch_timeout_seconds": ("pod_watch_timeout_seconds", YEARS_10),

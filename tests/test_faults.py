@@ -435,7 +435,7 @@ async def main():
                 create_jitter_min_seconds=0.0, create_jitter_max_seconds=0.0, cluster_uid=None,
                 api_key_secret_name=None, api_key_secret_key=None,
                 create_api_key_secret_for_pool=None, api_auth_string_secret_name=None,
-                api_auth_string_secret_key=None,
+                api_auth_string_secret_key=None, store_env_as_secret=False,
             )
         except Exception:
             pass

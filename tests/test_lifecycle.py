@@ -526,6 +526,63 @@ async def test_the_api_key_goes_into_a_secret_never_into_the_manifest(
     assert api_key not in secret  # stored base64-encoded, as Kubernetes does
 
 
+def env_secrets_of(testbed, flow_run: FlowRun) -> list[dict]:
+    output = testbed.kubectl(
+        "get", "secrets", "-n", "default", "-l", f"prefect.io/flow-run-id={flow_run.id}",
+        "-o", "json",
+    ).stdout  # fmt: skip
+    return json.loads(output)["items"]
+
+
+async def test_env_as_a_secret_keeps_values_out_of_the_job_and_goes_with_it(
+    worker, testbed, monkeypatch, capsys
+):
+    """`..._WORKER_STORE_ENV_AS_SECRET`: the flow container's plain values move into a Secret of
+    the Job's own; the process still sees them (a reference to a moved value included); the
+    Secret goes with the Job (garbage collector), and a refused Job leaves no Secret."""
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KUBERNETES_WORKER_STORE_ENV_AS_SECRET", "true")
+    greeting = f"hello-{uuid.uuid4().hex[:8]}"
+    flow_run = new_flow_run()
+    configuration = await configuration_for(
+        flow_run, block(testbed), env={"GREETING": greeting, "REF": "$(GREETING) world"},
+        command="sh -c 'echo \"GREETING=$GREETING\"; echo \"REF=$REF\"'",
+    )  # fmt: skip
+    result = await worker.run(flow_run, configuration, task_status=TaskStatus())
+    assert result.status_code == 0
+    out = capsys.readouterr().out
+    assert f"GREETING={greeting}" in out and f"REF={greeting} world" in out
+
+    (job,) = jobs_of(testbed, flow_run)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    plain = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    assert plain == {"REF": "$(GREETING) world"}, "only what must be expanded by the kubelet stays"
+    assert greeting not in json.dumps(job)
+    (secret,) = env_secrets_of(testbed, flow_run)
+    assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    assert secret["metadata"]["name"].startswith(
+        job["metadata"]["generateName"].rstrip("-") + "-env-"
+    )
+    assert {"GREETING", "PREFECT__FLOW_RUN_ID"} <= set(secret["data"])
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "Job", job["metadata"]["name"], job["metadata"]["uid"]
+    )  # fmt: skip
+
+    testbed.kubectl("delete", "job", job["metadata"]["name"], "-n", "default", "--wait=false")
+    deadline = time.monotonic() + 60
+    while env_secrets_of(testbed, flow_run):
+        assert time.monotonic() < deadline, "the garbage collector deletes the Secret with its Job"
+        await asyncio.sleep(0.5)
+
+    refused_run = new_flow_run()
+    refused = await configuration_for(refused_run, block(testbed), env={"GREETING": greeting})
+    refused.job_manifest["spec"]["activeDeadlineSeconds"] = -5  # the API server refuses it
+    with pytest.raises(Exception, match="activeDeadlineSeconds"):
+        await worker.run(refused_run, refused, task_status=TaskStatus())
+    assert jobs_of(testbed, refused_run) == []
+    assert env_secrets_of(testbed, refused_run) == [], "a refused Job leaves no Secret"
+
+
 async def test_cancelling_a_run_leaves_nothing_behind_and_keeps_the_job(
     worker, cluster_config, testbed
 ):

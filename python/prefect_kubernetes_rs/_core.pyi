@@ -148,9 +148,11 @@ class ClusterHandle:
         create_api_key_secret_for_pool: str | None,
         api_auth_string_secret_name: str | None,
         api_auth_string_secret_key: str | None,
+        store_env_as_secret: bool,
     ) -> Awaitable[StartedRun]:
-        """Start a flow run: subscribe to its Job's events, store the API key in a Secret when
-        asked, create the Job (retrying, adopting one an earlier attempt made), follow it.
+        """Start a flow run: subscribe to its Job's events, store the API key (and with
+        `store_env_as_secret` the flow container's plain env) in Secrets when asked, create
+        the Job (retrying, adopting one an earlier attempt made), follow it.
 
         Raises ValueError naming the argument for a number out of range, KubernetesApiError
         when the API refused (the message says what and why, with a hint), and

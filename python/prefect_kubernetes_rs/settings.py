@@ -94,6 +94,13 @@ class WorkerSettings(PrefectBaseSettings):
             "prefect_kubernetes_worker_add_tcp_keepalive",
         ),
     )
+    store_env_as_secret: bool = Field(
+        default=False,
+        description="Move the flow container's plain environment values out of the Job "
+        "manifest into a Secret per Job (read with envFrom, owned by the Job so it is deleted "
+        "with it; deleted at once when the Job is refused). Needs create, patch and delete on "
+        "secrets.",
+    )
     create_job_retry: CreateJobRetrySettings = Field(
         default_factory=CreateJobRetrySettings,
         description="Retries of the call that creates a Job.",

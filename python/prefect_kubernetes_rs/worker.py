@@ -491,6 +491,7 @@ class KubernetesWorker(
                 ),
                 api_auth_string_secret_name=worker_settings.api_auth_string_secret_name,
                 api_auth_string_secret_key=worker_settings.api_auth_string_secret_key,
+                store_env_as_secret=worker_settings.store_env_as_secret,
             )
         except KubernetesApiError as error:
             raise InfrastructureError(str(error)) from error

@@ -1,10 +1,18 @@
-//! Secrets the worker creates for a run's credentials (the Prefect API key).
+//! Secrets the worker creates: for the credentials of a pool's runs (the Prefect API key), and
+//! one per Job for its plain environment (`..._WORKER_STORE_ENV_AS_SECRET`).
 
 use crate::k8s::cluster::Cluster;
 use crate::k8s::error::{K8sError, Result};
+use crate::k8s::jobs::CreatedJob;
 use crate::manifest::credentials::SecretToCreate;
-use kube::api::{DeleteParams, PostParams};
+use crate::manifest::env_secret::EnvSecret;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Api;
+
+/// Label of everything the worker creates besides Jobs.
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "prefect");
+/// The flow run a Secret belongs to.
+const FLOW_RUN_ID_LABEL: &str = "prefect.io/flow-run-id";
 
 /// Creates the Secret `name` holding `value` under `key` unless it exists; `Ok(true)` when this
 /// call created it. Secret names carry a digest of their value, so an existing one already
@@ -25,10 +33,7 @@ pub async fn ensure_secret(
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".into(),
-                "prefect".into(),
-            )])),
+            labels: Some(BTreeMap::from([(MANAGED_BY.0.into(), MANAGED_BY.1.into())])),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
@@ -61,6 +66,68 @@ pub async fn delete_secret(cluster: &Cluster, namespace: &str, name: &str) -> Re
             &format!("secret '{name}' in namespace '{namespace}'"),
         )),
     }
+}
+
+/// Creates the Secret holding one run's plain environment (before its Job, which reads it).
+pub async fn create_env_secret(
+    cluster: &Cluster,
+    namespace: &str,
+    flow_run_id: &str,
+    secret: &EnvSecret,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use std::collections::BTreeMap;
+
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), namespace);
+    let object = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(secret.name.clone()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.into(), MANAGED_BY.1.into()),
+                (FLOW_RUN_ID_LABEL.into(), flow_run_id.to_owned()),
+            ])),
+            ..Default::default()
+        },
+        string_data: Some(secret.data.clone()),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &object)
+        .await
+        .map(|_| ())
+        .map_err(|error| {
+            K8sError::from_kube(
+                error,
+                "create",
+                &format!("secret '{}' in namespace '{namespace}'", secret.name),
+            )
+        })
+}
+
+/// Makes the Job the owner of the Secret `name`, so Kubernetes' garbage collector deletes the
+/// Secret with the Job (its TTL, a deletion by hand or by the worker).
+pub async fn give_secret_to_job(cluster: &Cluster, name: &str, job: &CreatedJob) -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), &job.namespace);
+    let owner = serde_json::json!({"metadata": {"ownerReferences": [{
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": job.name,
+        "uid": job.uid,
+    }]}});
+    secrets
+        .patch(name, &PatchParams::default(), &Patch::Merge(&owner))
+        .await
+        .map(|_| ())
+        .map_err(|error| {
+            K8sError::from_kube(
+                error,
+                "patch",
+                &format!("secret '{name}' in namespace '{}'", job.namespace),
+            )
+        })
 }
 
 /// The API-key Secrets this worker process created on one cluster, and how many runs whose Job

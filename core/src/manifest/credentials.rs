@@ -35,6 +35,36 @@ pub struct CredentialSettings {
     pub auth_string_secret: Option<SecretKeyRef>,
 }
 
+impl CredentialSettings {
+    /// The settings as the worker reads them, with their defaults applied: an API-key Secret
+    /// without a key is read under [`DEFAULT_SECRET_KEY`] (prefect-kubernetes 0.8 ignored such
+    /// a Secret); an auth-string Secret needs both its name and its key (as in 0.8); empty
+    /// strings count as unset.
+    pub fn from_worker_settings(
+        api_key_secret_name: Option<String>,
+        api_key_secret_key: Option<String>,
+        create_api_key_secret_for_pool: Option<String>,
+        api_auth_string_secret_name: Option<String>,
+        api_auth_string_secret_key: Option<String>,
+    ) -> Self {
+        let set = |value: Option<String>| value.filter(|text| !text.is_empty());
+        CredentialSettings {
+            api_key_secret: set(api_key_secret_name).map(|name| SecretKeyRef {
+                name,
+                key: set(api_key_secret_key).unwrap_or_else(|| DEFAULT_SECRET_KEY.into()),
+            }),
+            create_api_key_secret_for_pool: set(create_api_key_secret_for_pool),
+            auth_string_secret: match (
+                set(api_auth_string_secret_name),
+                set(api_auth_string_secret_key),
+            ) {
+                (Some(name), Some(key)) => Some(SecretKeyRef { name, key }),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// A Secret the worker must make sure exists before the Job that references it is created.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretToCreate {
@@ -157,6 +187,45 @@ fn reference_secret(entries: &mut [Value], name: &str, secret: &SecretKeyRef) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_get_their_defaults_here() {
+        let some = |text: &str| Some(text.to_owned());
+        let settings = CredentialSettings::from_worker_settings(
+            some("api"),
+            None,
+            some(""),
+            some("auth"),
+            None,
+        );
+        assert_eq!(
+            settings,
+            CredentialSettings {
+                api_key_secret: Some(SecretKeyRef {
+                    name: "api".into(),
+                    key: DEFAULT_SECRET_KEY.into()
+                }),
+                create_api_key_secret_for_pool: None,
+                auth_string_secret: None,
+            }
+        );
+        let settings = CredentialSettings::from_worker_settings(
+            some(""),
+            some("k"),
+            some("pool"),
+            some("auth"),
+            some("token"),
+        );
+        assert_eq!(settings.api_key_secret, None);
+        assert_eq!(settings.create_api_key_secret_for_pool, some("pool"));
+        assert_eq!(
+            settings.auth_string_secret,
+            Some(SecretKeyRef {
+                name: "auth".into(),
+                key: "token".into()
+            })
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<Value> {
         pairs

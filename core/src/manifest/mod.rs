@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod defaults;
+pub mod env_secret;
 pub mod error;
 pub mod prepare;
 pub mod python_text;

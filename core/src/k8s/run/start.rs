@@ -2,8 +2,9 @@
 //! (with retries, adopting a Job an earlier attempt created), name its pid and follow it.
 //!
 //! This is the one way a run starts. The order is the point: the subscription comes before the
-//! Job exists, so none of its events can be missed; the Secret comes before the Job that
-//! references it; and a Job the API refused takes its Secret with it.
+//! Job exists, so none of its events can be missed; the Secrets come before the Job that
+//! references them; a Job the API refused takes its Secrets with it; and a Job that exists
+//! owns its env Secret, so Kubernetes deletes the two together.
 
 use super::follower::follow_run;
 use super::stream::RunEventStream;
@@ -13,7 +14,9 @@ use crate::k8s::error::K8sError;
 use crate::k8s::jobs::{create_job, CreatedJob, RetryPolicy};
 use crate::k8s::logs::LogSink;
 use crate::k8s::pid::InfrastructurePid;
+use crate::k8s::secrets::{create_env_secret, delete_secret, give_secret_to_job};
 use crate::manifest::credentials::{keep_credentials_out, CredentialSettings};
+use crate::manifest::env_secret::{env_secret_name, move_plain_env_to_secret, EnvSecret};
 use crate::manifest::python_text::python_repr;
 use serde_json::Value;
 use std::sync::Arc;
@@ -35,6 +38,9 @@ pub struct RunRequest {
     pub credentials: CredentialSettings,
     /// How the create call is retried.
     pub create_retry: RetryPolicy,
+    /// Move the flow container's plain env values into a Secret of the Job's own
+    /// (`..._WORKER_STORE_ENV_AS_SECRET`).
+    pub store_env_as_secret: bool,
     /// The cluster uid from the settings; when None the `kube-system` namespace's uid is read.
     pub cluster_uid: Option<String>,
     /// How the run is followed once its Job exists.
@@ -102,6 +108,7 @@ pub async fn start_run(
         mut manifest,
         credentials,
         create_retry,
+        store_env_as_secret,
         cluster_uid,
         follow,
     } = request;
@@ -111,34 +118,61 @@ pub async fn start_run(
         .await
         .map_err(|error| watch_failure(error, &namespace, &cluster))?;
     let secrets = cluster.created_secrets();
-    let credentials = keep_credentials_out(&mut manifest, &credentials);
-    let claim = match &credentials.secret_to_create {
-        Some(secret) => secrets
-            .ensure(&cluster, &namespace, secret)
+    let mut credentials = keep_credentials_out(&mut manifest, &credentials);
+    // After the credentials: a key they turned into a Secret reference stays a reference.
+    let env_secret = if store_env_as_secret {
+        let name = env_secret_name(&manifest, &random_suffix());
+        move_plain_env_to_secret(&mut manifest, &name)
+    } else {
+        None
+    };
+    if let Some(secret) = &env_secret {
+        create_env_secret(&cluster, &namespace, &flow_run_id, secret)
             .await
-            .map_err(|error| secret_failure(error, &secret.reference.name, &namespace))?,
+            .map_err(|error| secret_failure(error, &secret.name, &namespace))?;
+    }
+    let claim = match &credentials.secret_to_create {
+        Some(secret) => match secrets.ensure(&cluster, &namespace, secret).await {
+            Ok(claim) => claim,
+            Err(error) => {
+                let failure = secret_failure(error, &secret.reference.name, &namespace);
+                return Err(without_env_secret(failure, &cluster, &namespace, &env_secret).await);
+            }
+        },
         None => None,
     };
     let job = match create_job(&cluster, &namespace, &manifest, &flow_run_id, &create_retry).await {
         Ok(job) => job,
         Err(error) => {
-            let failure = creation_failure(error, &manifest, &namespace, &cluster);
+            let mut failure = creation_failure(error, &manifest, &namespace, &cluster);
             // The API refused the Job: nothing of this run may stay behind. (After a failure
-            // whose effect is unknown the Job may exist; its Secret stays.)
+            // whose effect is unknown the Job may exist; its API-key Secret, shared with the
+            // pool's other runs, stays.)
             if let (StartError::Refused { message, cause }, Some(claim)) = (&failure, claim) {
                 if let Err(error) = secrets.release(&cluster, claim).await {
-                    return Err(StartError::Refused {
+                    failure = StartError::Refused {
                         message: format!(
                             "{message} (and its API-key Secret could not be deleted: {error})"
                         ),
                         cause: cause.clone(),
-                    });
+                    };
                 }
             }
-            return Err(failure);
+            // The env Secret is this run's alone: no Job of the run is known to read it.
+            return Err(without_env_secret(failure, &cluster, &namespace, &env_secret).await);
         }
     };
     drop(manifest);
+    if let Some(secret) = &env_secret {
+        if let Err(error) = give_secret_to_job(&cluster, &secret.name, &job).await {
+            credentials.warnings.push(format!(
+                "The Secret '{}' holding the Job's environment could not be given to Job '{}' \
+                 ({error}), so it will not be deleted with the Job: delete it when the Job is \
+                 gone. (The worker needs 'patch' on secrets.)",
+                secret.name, job.name
+            ));
+        }
+    }
     let (cluster_uid, cluster_uid_unknown) = match cluster_uid.filter(|uid| !uid.is_empty()) {
         Some(uid) => (Some(uid), None),
         None => match cluster.uid().await {
@@ -168,6 +202,46 @@ pub async fn start_run(
         warnings: credentials.warnings,
         events,
     })
+}
+
+/// Deletes the run's env Secret after its start failed; a failure to delete joins the message.
+async fn without_env_secret(
+    failure: StartError,
+    cluster: &Cluster,
+    namespace: &str,
+    env_secret: &Option<EnvSecret>,
+) -> StartError {
+    let Some(secret) = env_secret else {
+        return failure;
+    };
+    match delete_secret(cluster, namespace, &secret.name).await {
+        Ok(_) => failure,
+        Err(error) => {
+            let note = format!(
+                " (and the Secret '{}' holding its environment could not be deleted: {error})",
+                secret.name
+            );
+            match failure {
+                StartError::Refused { message, cause } => StartError::Refused {
+                    message: message + &note,
+                    cause,
+                },
+                StartError::Unavailable { message, cause } => StartError::Unavailable {
+                    message: message + &note,
+                    cause,
+                },
+            }
+        }
+    }
+}
+
+/// Eight random hex digits: what makes a run's env Secret name its own.
+fn random_suffix() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 4];
+    // The system's generator does not fail on Linux; zeros would still make a valid name.
+    let _ = SystemRandom::new().fill(&mut bytes);
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn quoted(text: &str) -> String {
