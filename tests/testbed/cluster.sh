@@ -341,6 +341,12 @@ cmd_up() {
     # far rather than leave a half stack running in its own sessions.
     trap 'exit 130' INT TERM
     trap 'stop_unless_up' EXIT
+    # A closed stdout (its reader gone, e.g. Ctrl-C on `... | tee`) must not kill this script
+    # between starting a process and recording it: a log line then fails with EPIPE and is
+    # dropped (see log()). A no-op handler rather than ignoring the signal, so the processes it
+    # starts get the default SIGPIPE back. (Seen: `up` killed by SIGPIPE, status -13, when its
+    # reader closed the pipe right as kube-apiserver was logged as started.)
+    trap ':' PIPE
     if [[ -n "$(live_processes)" ]]; then
         if cmd_status >/dev/null 2>&1; then
             UP_DONE=1 # not ours to stop
@@ -484,7 +490,7 @@ EOF
     log "up in $((SECONDS - t0))s: etcd :$ETCD_PORT, apiserver :$API_PORT, controller-manager :$KCM_PORT, scheduler :$SCHEDULER_PORT"
     log "kubeconfig (admin):  $KUBECONFIG_ADMIN"
     log "kubeconfig (narrow): $KUBECONFIG_NARROW"
-    echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+    echo "export KUBECONFIG=$KUBECONFIG_ADMIN" 2>/dev/null || true
 }
 
 # Stop kube-apiserver alone and start it again on the same port with the same flags; etcd (and
