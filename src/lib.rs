@@ -6,6 +6,7 @@
 
 mod interpreter_exit;
 mod py_k8s;
+mod py_observer;
 mod py_output;
 mod python_errors;
 
@@ -181,6 +182,9 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<py_k8s::RunMessage>()?;
     module.add_class::<py_k8s::PodPhaseChange>()?;
     module.add_class::<py_k8s::RunFinished>()?;
+    module.add_class::<py_observer::Sightings>()?;
+    module.add_class::<py_observer::UnfollowedJobEnded>()?;
+    module.add_class::<py_observer::RunExamination>()?;
     // The defaults and limits of the job variables and settings, defined once, in the core.
     let constants: [(&str, u64); 8] = [
         (
@@ -218,5 +222,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(slugify_name, module)?)?;
     module.add_function(wrap_pyfunction!(slugify_label_value, module)?)?;
     module.add_function(wrap_pyfunction!(py_k8s::active_followers, module)?)?;
+    module.add_function(wrap_pyfunction!(py_k8s::parse_infrastructure_pid, module)?)?;
+    module.add("MAX_LOG_TAIL_LINES", py_k8s::MAX_LOG_TAIL_LINES)?;
     Ok(())
 }

@@ -5,12 +5,16 @@
 //! runtime and converts the result. No Python work happens inside the futures; results become
 //! Python objects once the GIL is taken back.
 
+use crate::py_observer;
 use crate::py_output::log_sink;
 use crate::python_errors::{conversion_error, k8s_error, kill_error, start_error};
 use prefect_kubernetes_rs_core::k8s::jobs::RetryPolicy;
+use prefect_kubernetes_rs_core::k8s::observer::ObserveOptions;
+use prefect_kubernetes_rs_core::k8s::pid::InfrastructurePid;
 use prefect_kubernetes_rs_core::k8s::run::{
-    self, kill_run, parse_pid_for, start_run, FollowOptions, Level, RunEvent, RunEventStream,
-    RunRequest, MAX_WATCH_TIMEOUT_SECONDS,
+    self, crashed_run_log_tail, examine_runs, follow_existing_run, kill_run, parse_pid_for,
+    start_run, FollowOptions, KillError, Level, RunEvent, RunEventStream, RunRequest, RunToExamine,
+    MAX_WATCH_TIMEOUT_SECONDS,
 };
 use prefect_kubernetes_rs_core::k8s::{jobs, Cluster, ClusterRegistry, ClusterSource};
 use prefect_kubernetes_rs_core::manifest::credentials::CredentialSettings;
@@ -147,19 +151,12 @@ impl ClusterHandle {
     ) -> PyResult<Bound<'py, PyAny>> {
         let manifest: Value = pythonize::depythonize(manifest)
             .map_err(|error| conversion_error(py, "job_manifest", error))?;
-        let watch_limit = MAX_WATCH_TIMEOUT_SECONDS as f64;
         let pause_limit = jobs::MAX_CREATE_PAUSE_SECONDS as f64;
-        let follow = FollowOptions {
-            pod_watch_timeout: seconds(
-                "pod_watch_timeout_seconds",
-                pod_watch_timeout_seconds,
-                watch_limit,
-            )?,
-            job_watch_timeout: job_watch_timeout_seconds
-                .map(|value| seconds("job_watch_timeout_seconds", value, watch_limit))
-                .transpose()?,
+        let follow = follow_options(
+            pod_watch_timeout_seconds,
+            job_watch_timeout_seconds,
             stream_output,
-        };
+        )?;
         let jitter_min = seconds(
             "create_job_retry.jitter_min_seconds",
             create_jitter_min_seconds,
@@ -249,6 +246,142 @@ impl ClusterHandle {
         })
     }
 
+    /// Reports the Prefect Jobs nobody in this process follows that fail, or are deleted
+    /// before they succeed, in `namespaces` (whose watchers this starts) and in every
+    /// namespace watched later for a run; objects must carry every `(label, value)` of
+    /// `label_filters`. Returns `Sightings`, an async iterator of batches of
+    /// `UnfollowedJobEnded`. Replaces an earlier observation of this cluster.
+    #[pyo3(signature = (*, namespaces, label_filters))]
+    fn observe<'py>(
+        &self,
+        py: Python<'py>,
+        namespaces: Vec<String>,
+        label_filters: Vec<(String, String)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        // The watchers are tasks of the runtime: started from inside it.
+        future_into_py(py, async move {
+            let sightings = cluster.observe(&namespaces, ObserveOptions { label_filters });
+            Ok(py_observer::Sightings {
+                stream: Arc::new(sightings),
+            })
+        })
+    }
+
+    /// Starts the shared watchers of `namespaces` (if not yet running): an observed cluster
+    /// then also reports the runs nobody follows there.
+    fn watch_namespaces<'py>(
+        &self,
+        py: Python<'py>,
+        namespaces: Vec<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        future_into_py(py, async move {
+            for namespace in &namespaces {
+                cluster.namespace(namespace);
+            }
+            Ok(())
+        })
+    }
+
+    /// Where the Jobs of `runs` (`(flow_run_id, job_name)` pairs) in `namespace` stand, read
+    /// by flow-run label, 50 runs per request: a list of `RunExamination`.
+    #[pyo3(signature = (*, namespace, runs))]
+    fn examine_runs<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: String,
+        runs: Vec<(String, String)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let runs: Vec<RunToExamine> = runs
+            .into_iter()
+            .map(|(flow_run_id, job_name)| RunToExamine {
+                flow_run_id,
+                job_name,
+            })
+            .collect();
+        let cluster = self.cluster.clone();
+        future_into_py(py, async move {
+            let examinations = examine_runs(&cluster, &namespace, &runs)
+                .await
+                .map_err(k8s_error)?;
+            Ok(examinations
+                .into_iter()
+                .map(py_observer::RunExamination::from)
+                .collect::<Vec<_>>())
+        })
+    }
+
+    /// Follows the Job of a run this process did not start (it was in flight when the worker
+    /// started): its pod start, the lines its log gets from now on, its end. Returns `RunEvents`.
+    #[pyo3(signature = (
+        *, namespace, flow_run_id, job_name, pod_watch_timeout_seconds,
+        job_watch_timeout_seconds, stream_output,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn follow_existing_run<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: String,
+        flow_run_id: String,
+        job_name: String,
+        pod_watch_timeout_seconds: f64,
+        job_watch_timeout_seconds: Option<f64>,
+        stream_output: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let options = follow_options(
+            pod_watch_timeout_seconds,
+            job_watch_timeout_seconds,
+            stream_output,
+        )?;
+        let sink = log_sink()?;
+        let cluster = self.cluster.clone();
+        future_into_py(py, async move {
+            let stream =
+                follow_existing_run(cluster, &namespace, &flow_run_id, job_name, options, sink)
+                    .await
+                    .map_err(k8s_error)?;
+            Ok(RunEvents {
+                stream: Arc::new(stream),
+            })
+        })
+    }
+
+    /// The last `lines` lines of the flow container of the pod that ended the run's Job (the
+    /// previous container's after a restart), as `(time or None, text)` pairs; empty when no
+    /// pod is left.
+    #[pyo3(signature = (*, namespace, flow_run_id, job_name, lines))]
+    fn crashed_run_log_tail<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: String,
+        flow_run_id: String,
+        job_name: String,
+        lines: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if !(1..=MAX_LOG_TAIL_LINES).contains(&lines) {
+            return Err(PyValueError::new_err(format!(
+                "lines must be from 1 to {MAX_LOG_TAIL_LINES}, got {lines}"
+            )));
+        }
+        let run = RunToExamine {
+            flow_run_id,
+            job_name,
+        };
+        let cluster = self.cluster.clone();
+        future_into_py(py, async move {
+            crashed_run_log_tail(&cluster, &namespace, &run, lines)
+                .await
+                .map_err(k8s_error)
+        })
+    }
+
+    /// The cluster's uid (of its `kube-system` namespace), or None when it cannot be read.
+    fn uid<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        future_into_py(py, async move { Ok(cluster.uid().await.ok()) })
+    }
+
     /// `(namespace, name)` of the API-key Secrets this process created on this cluster.
     fn created_secrets(&self) -> Vec<(String, String)> {
         self.cluster.created_secrets().names()
@@ -266,6 +399,40 @@ impl ClusterHandle {
             subscribed_runs: watch.subscribed_runs(),
         })
     }
+}
+
+/// The longest crashed-run log tail that may be asked for.
+pub const MAX_LOG_TAIL_LINES: i64 = 100_000;
+
+/// How a run is followed, from the job configuration's fields, each checked.
+fn follow_options(
+    pod_watch_timeout_seconds: f64,
+    job_watch_timeout_seconds: Option<f64>,
+    stream_output: bool,
+) -> PyResult<FollowOptions> {
+    let watch_limit = MAX_WATCH_TIMEOUT_SECONDS as f64;
+    Ok(FollowOptions {
+        pod_watch_timeout: seconds(
+            "pod_watch_timeout_seconds",
+            pod_watch_timeout_seconds,
+            watch_limit,
+        )?,
+        job_watch_timeout: job_watch_timeout_seconds
+            .map(|value| seconds("job_watch_timeout_seconds", value, watch_limit))
+            .transpose()?,
+        stream_output,
+        log_since: None,
+    })
+}
+
+/// An infrastructure pid's parts: `(cluster uid or None, namespace, job name)`; raises
+/// `InvalidPidError` for anything else.
+#[pyfunction]
+pub fn parse_infrastructure_pid(pid: &str) -> PyResult<(Option<String>, String, String)> {
+    let pid: InfrastructurePid = pid
+        .parse()
+        .map_err(|error| kill_error(KillError::InvalidPid(error)))?;
+    Ok((pid.cluster_uid, pid.namespace, pid.job_name))
 }
 
 /// `value` seconds as a Duration, or a ValueError naming `name` and the accepted range.
@@ -414,18 +581,27 @@ impl RunEvents {
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let stream = self.stream.clone();
-        future_into_py(py, async move {
-            match stream.next_batch().await {
-                Some(batch) => Ok(EventBatch(batch)),
-                None => Err(PyStopAsyncIteration::new_err(())),
-            }
-        })
+        next_or_stop(py, async move { stream.next_batch().await.map(EventBatch) })
     }
 
     /// Stops following; the Job is left as it is.
     fn close(&self) {
         self.stream.close();
     }
+}
+
+/// The awaitable an async iterator's `__anext__` returns: `next`'s item, converted once the GIL
+/// is held, or StopAsyncIteration when `next` gives None.
+pub fn next_or_stop<'py, T>(
+    py: Python<'py>,
+    next: impl std::future::Future<Output = Option<T>> + Send + 'static,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    future_into_py(py, async move {
+        next.await.ok_or_else(|| PyStopAsyncIteration::new_err(()))
+    })
 }
 
 /// How many runs this process is following right now.

@@ -589,11 +589,12 @@ async def test_twenty_runs_at_once_all_complete_each_with_its_own_log_and_one_jo
         await asyncio.sleep(2)
 
 
-async def test_worker_killed_mid_run_and_restarted_leaves_the_run_to_finish_in_its_one_job(
+async def test_worker_killed_mid_run_and_restarted_follows_the_run_again_to_its_end_in_one_job(
     stack, testbed, namespace
 ):
-    """SIGKILL, no teardown: the Job runs on, the flow reports its own final state, the next
-    worker does not start it again, and the API-key Secret is reused, not added to."""
+    """SIGKILL, no teardown: the Job runs on; the next worker does not start it again but
+    follows it again (the lines written after its start, the end), and the API-key Secret is
+    reused, not added to."""
     pool = f"restart-{uuid.uuid4().hex[:6]}"
     await stack.create_pool(pool, KubernetesWorker.get_default_base_job_template())
     with_api_key_secret = {
@@ -602,9 +603,9 @@ async def test_worker_killed_mid_run_and_restarted_leaves_the_run_to_finish_in_i
     }
     first = stack.start_worker(pool, kubeconfig=testbed.kubeconfig, extra_env=with_api_key_secret)
     flow_run = await deploy_and_run(
-        stack, "sleep_for", pool=pool, parameters={"seconds": 15}, namespace=namespace
+        stack, "lines_around_a_pause", pool=pool, parameters={"pause": 30}, namespace=namespace
     )
-    await stack.wait_until_running(flow_run.id)
+    first.wait_for_output(f"before 3 in run {flow_run.id}", timeout=120)
     os.killpg(first.process.pid, signal.SIGKILL)
     first.process.wait()
 
@@ -613,10 +614,15 @@ async def test_worker_killed_mid_run_and_restarted_leaves_the_run_to_finish_in_i
         finished = await final_state(stack, flow_run, timeout=180)
         assert finished.state.name == "Completed", finished.state
         (job,) = objects(testbed, "jobs", namespace, flow_run.id)
-        (pod,) = objects(testbed, "pods", namespace, flow_run.id)
-        log = testbed.kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
-        assert f"woke up in run {flow_run.id}" in log
-        assert f"submitting flow run '{flow_run.id}'" not in second.output()
+        name = job["metadata"]["name"]
+        output = second.wait_for_any_output([f"Job '{name}' completed"])
+        output = second.output()
+        assert f"Following Kubernetes job {name!r} in namespace {namespace!r} again" in output
+        # The lines written after the second worker started, once; none of the earlier ones.
+        assert run_lines(output, flow_run.id) == [
+            f"after {n} in run {flow_run.id}" for n in (1, 2, 3)
+        ]
+        assert f"submitting flow run '{flow_run.id}'" not in output
 
         # The restarted worker (another name) runs the pool's next flow with the same Secret.
         next_run = await deploy_and_run(
@@ -633,6 +639,129 @@ async def test_worker_killed_mid_run_and_restarted_leaves_the_run_to_finish_in_i
         assert len(api_key_secrets) == 1, api_key_secrets
     finally:
         stack.stop_worker(second)
+
+
+def scripted(**keys: Any) -> dict[str, str]:
+    """Annotations that make the fake kubelet play a container instead of running it."""
+    return {SCRIPT + "mode": "script"} | {
+        SCRIPT + key.replace("_", "-"): str(value) for key, value in keys.items()
+    }
+
+
+async def flow_run_log(stack: PrefectServer, flow_run_id: Any) -> list[str]:
+    """The messages of the flow run's logs in Prefect, oldest first."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async with stack.client() as client:
+        logs = await client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+        )
+    return [log.message for log in logs]
+
+
+async def job_condition(testbed, namespace: str, name: str, timeout: float = 90) -> str:
+    """Wait until the Job has a Complete or Failed condition; returns its type."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = json.loads(testbed.kubectl("get", "job", name, "-n", namespace, "-o", "json").stdout)
+        for condition in job.get("status", {}).get("conditions") or []:
+            if condition["type"] in ("Complete", "Failed") and condition["status"] == "True":
+                return condition["type"]
+        assert time.monotonic() < deadline, f"Job {name} not finished: {job.get('status')}"
+        await asyncio.sleep(1)
+
+
+async def start_a_run_and_lose_its_worker(
+    stack: PrefectServer, testbed, namespace: str, pool: str, annotations: dict[str, str]
+) -> tuple[Any, str]:
+    """A run on `pool` whose worker is SIGKILLed once the run's Job exists; the run and its Job."""
+    await stack.create_pool(pool, KubernetesWorker.get_default_base_job_template())
+    first = stack.start_worker(pool, kubeconfig=testbed.kubeconfig)
+    flow_run = await deploy_and_run(
+        stack, "report_environment", pool=pool, namespace=namespace, annotations=annotations
+    )
+    started = await stack.wait_for_state(
+        [flow_run.id], done=lambda run: bool(run.infrastructure_pid), timeout=120
+    )
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+    return flow_run, job_name(started[str(flow_run.id)])
+
+
+async def test_a_run_oom_killed_while_no_worker_runs_is_crashed_by_the_next_worker_with_its_log(
+    stack, testbed, namespace
+):
+    pool = f"oom-{uuid.uuid4().hex[:6]}"
+    flow_run, job = await start_a_run_and_lose_its_worker(
+        stack, testbed, namespace, pool, scripted(run_seconds=5, log_lines=40, oom="true")
+    )
+    assert await job_condition(testbed, namespace, job) == "Failed"
+
+    second = stack.start_worker(pool, kubeconfig=testbed.kubeconfig)
+    try:
+        # Within a minute of the new worker's start (30 s of it are the reschedule patience).
+        finished = await final_state(stack, flow_run, timeout=60)
+        assert finished.state.name == "Crashed", finished.state
+        message = finished.state.message
+        assert "status code 137 (OOMKilled)" in message, message
+        assert f"Kubernetes Job {job!r} failed (BackoffLimitExceeded)" in message, message
+        log = await flow_run_log(stack, flow_run.id)
+        header = f"The last 40 lines of the flow container of Kubernetes job {job!r}:"
+        assert header in log, log
+        assert log[log.index(header) + 1 :][:40] == [f"line {n}" for n in range(1, 41)]
+        assert len(objects(testbed, "jobs", namespace, flow_run.id)) == 1
+    finally:
+        stack.stop_worker(second)
+
+
+async def test_a_run_whose_job_was_deleted_while_no_worker_ran_is_crashed_by_the_next_worker(
+    stack, testbed, namespace
+):
+    pool = f"deleted-{uuid.uuid4().hex[:6]}"
+    flow_run, job = await start_a_run_and_lose_its_worker(
+        stack, testbed, namespace, pool, scripted(run_seconds=600)
+    )
+    testbed.kubectl("delete", "job", job, "-n", namespace, "--wait=true")
+
+    second = stack.start_worker(pool, kubeconfig=testbed.kubeconfig)
+    try:
+        finished = await final_state(stack, flow_run, timeout=60)
+        assert finished.state.name == "Crashed", finished.state
+        assert f"Kubernetes Job {job!r} was deleted before it succeeded (Job deleted)" in (
+            finished.state.message
+        )
+    finally:
+        stack.stop_worker(second)
+
+
+async def test_a_worker_of_another_pool_that_watches_the_namespace_crashes_a_run_nobody_follows(
+    stack, testbed, namespace
+):
+    """No restart: a worker already running sees, on the watches it has anyway, the Job of a
+    run nobody follows fail (here: a worker of another pool told to watch the namespace)."""
+    watcher_pool = f"watcher-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(watcher_pool, KubernetesWorker.get_default_base_job_template())
+    watcher = stack.start_worker(
+        watcher_pool,
+        kubeconfig=testbed.kubeconfig,
+        extra_env={"PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": namespace},
+    )
+    try:
+        flow_run, job = await start_a_run_and_lose_its_worker(
+            stack,
+            testbed,
+            namespace,
+            f"lost-{uuid.uuid4().hex[:6]}",
+            scripted(run_seconds=10, log_lines=3, exit_code=3),
+        )
+        finished = await final_state(stack, flow_run, timeout=90)
+        assert finished.state.name == "Crashed", finished.state
+        assert "status code 3" in finished.state.message, finished.state.message
+        assert f"Reported flow run '{flow_run.id}' as crashed" in watcher.output()
+        log = await flow_run_log(stack, flow_run.id)
+        assert [line for line in log if line.startswith("line ")] == ["line 1", "line 2", "line 3"]
+    finally:
+        stack.stop_worker(watcher)
 
 
 async def test_two_workers_polling_one_pool_run_each_flow_run_in_exactly_one_job(

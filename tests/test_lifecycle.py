@@ -645,6 +645,15 @@ async def test_pod_phases_are_replicated_as_prefect_events(worker, cluster_confi
     assert {"flow-run", "worker"} <= related_roles
 
 
+async def test_pod_events_are_not_replicated_when_the_setting_says_so(
+    worker, cluster_config, captured_events, monkeypatch
+):
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_REPLICATE_POD_EVENTS", "false")
+    result, _, _ = await run_flow(worker, cluster_config, annotations=scripted(run_seconds=1))
+    assert result.status_code == 0
+    assert [e.event for e in captured_events if e.event.startswith("prefect.kubernetes.pod.")] == []
+
+
 @pytest.mark.parametrize("kubelet", ["v1.20", "v1.27"])
 async def test_eviction_with_no_retries_is_zero_when_the_run_rescheduled_itself(
     worker, cluster_config, monkeypatch, kubelet

@@ -16,18 +16,23 @@ __all__ = [
     "DEFAULT_POD_WATCH_TIMEOUT_SECONDS",
     "MAX_CREATE_ATTEMPTS",
     "MAX_CREATE_PAUSE_SECONDS",
+    "MAX_LOG_TAIL_LINES",
     "MAX_WATCH_TIMEOUT_SECONDS",
     "PREFECT_CONTAINER",
     "ClusterHandle",
     "KubernetesClients",
     "PodPhaseChange",
     "RunEvents",
+    "RunExamination",
     "RunFinished",
     "RunMessage",
+    "Sightings",
     "StartedRun",
+    "UnfollowedJobEnded",
     "WatchStats",
     "__version__",
     "active_followers",
+    "parse_infrastructure_pid",
     "default_job_manifest_template",
     "prepare_job_manifest",
     "render_template",
@@ -47,6 +52,7 @@ DEFAULT_CREATE_JITTER_MIN_SECONDS: Final[int]
 DEFAULT_CREATE_JITTER_MAX_SECONDS: Final[int]
 MAX_CREATE_ATTEMPTS: Final[int]
 MAX_CREATE_PAUSE_SECONDS: Final[int]
+MAX_LOG_TAIL_LINES: Final[int]
 # The container the flow runs in.
 PREFECT_CONTAINER: Final[str]
 
@@ -98,6 +104,10 @@ def slugify_name(name: str) -> str | None:
 
 def slugify_label_value(value: str) -> str:
     """Slug for a Kubernetes label value (at most 63 characters, case kept)."""
+
+def parse_infrastructure_pid(pid: str) -> tuple[str | None, str, str]:
+    """An infrastructure pid's `(cluster uid or None, namespace, job name)`; raises
+    InvalidPidError for anything else."""
 
 def active_followers() -> int:
     """How many runs this process is following right now."""
@@ -175,6 +185,38 @@ class ClusterHandle:
         """`(namespace, name)` of the API-key Secrets this process created on this cluster."""
     def watch_stats(self, namespace: str) -> WatchStats | None:
         """The shared watchers of a namespace, or None when nothing watches it."""
+    def observe(
+        self, *, namespaces: list[str], label_filters: list[tuple[str, str]]
+    ) -> Awaitable[Sightings]:
+        """Report the Prefect Jobs nobody in this process follows that fail, or are deleted
+        before they succeed, in `namespaces` (whose watchers this starts) and every namespace
+        watched later; replaces an earlier observation of this cluster."""
+    def watch_namespaces(self, namespaces: list[str]) -> Awaitable[None]:
+        """Start the shared watchers of `namespaces` (if not yet running)."""
+    def examine_runs(
+        self, *, namespace: str, runs: list[tuple[str, str]]
+    ) -> Awaitable[list[RunExamination]]:
+        """Where the Jobs of `(flow_run_id, job_name)` pairs stand, read by flow-run label, 50
+        runs per request. Raises KubernetesApiError or ClusterUnreachableError."""
+    def follow_existing_run(
+        self,
+        *,
+        namespace: str,
+        flow_run_id: str,
+        job_name: str,
+        pod_watch_timeout_seconds: float,
+        job_watch_timeout_seconds: float | None,
+        stream_output: bool,
+    ) -> Awaitable[RunEvents]:
+        """Follow the Job of a run this process did not start: pod start, the log lines
+        written from now on, the end."""
+    def crashed_run_log_tail(
+        self, *, namespace: str, flow_run_id: str, job_name: str, lines: int
+    ) -> Awaitable[list[tuple[str | None, str]]]:
+        """The last `lines` lines of the flow container of the pod that ended the run's Job
+        (the previous container's after a restart), as `(time or None, text)`."""
+    def uid(self) -> Awaitable[str | None]:
+        """The cluster's uid (its kube-system namespace's), or None when it cannot be read."""
 
 @final
 class WatchStats:
@@ -262,3 +304,55 @@ class RunEvents:
     def __anext__(self) -> Awaitable[list[RunMessage | PodPhaseChange | RunFinished]]: ...
     def close(self) -> None:
         """Stop following; the Job is left as it is."""
+
+@final
+class UnfollowedJobEnded:
+    """A Prefect Job nobody in this process follows failed, or was deleted before it
+    succeeded."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def flow_run_id(self) -> str: ...
+    @property
+    def job_name(self) -> str: ...
+    @property
+    def created(self) -> str | None: ...
+    @property
+    def end(self) -> Literal["failed", "deleted"]: ...
+    @property
+    def end_reason(self) -> str | None: ...
+
+@final
+class Sightings:
+    """What the bystander reports: an async iterator of batches."""
+
+    def __aiter__(self) -> Sightings: ...
+    def __anext__(self) -> Awaitable[list[UnfollowedJobEnded]]: ...
+
+@final
+class RunExamination:
+    """Where one run's Job stands."""
+
+    @property
+    def flow_run_id(self) -> str: ...
+    @property
+    def job_name(self) -> str: ...
+    @property
+    def found(self) -> bool: ...
+    @property
+    def end(self) -> Literal["complete", "failed", "deleted"] | None: ...
+    @property
+    def end_reason(self) -> str | None: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def message(self) -> str | None: ...
+    @property
+    def evicted(self) -> bool: ...
+    @property
+    def pod_name(self) -> str | None: ...
+    @property
+    def pod_reason(self) -> str | None: ...
+    @property
+    def other_job_alive(self) -> bool: ...

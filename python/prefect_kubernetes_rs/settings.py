@@ -9,9 +9,11 @@ configures this one unchanged: environment variables `PREFECT_INTEGRATIONS_KUBER
 from __future__ import annotations
 
 import os
+from typing import Annotated, Any
 
 from prefect.settings.base import PrefectBaseSettings, build_settings_config
-from pydantic import AliasChoices, AliasPath, Field
+from pydantic import AliasChoices, AliasPath, Field, field_validator
+from pydantic_settings import NoDecode
 
 from prefect_kubernetes_rs import _core
 
@@ -107,6 +109,84 @@ class WorkerSettings(PrefectBaseSettings):
     )
 
 
+def _comma_list(value: Any) -> Any:
+    """`a, b` (prefect-kubernetes 0.8's spelling in the environment) as a list; lists as given."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ObserverSettings(PrefectBaseSettings):
+    """Runs nobody follows: Prefect Jobs of runs that no `run()` of this process follows (the
+    worker was restarted or killed, or another replica created them).
+
+    The names are those of prefect-kubernetes 0.8's observer; here the observing is done by the
+    worker's own shared watches (no second component, no extra watch).
+    """
+
+    model_config = build_settings_config(("integrations", "kubernetes", "observer"))
+
+    enabled: bool = Field(
+        default=True,
+        description="End the flow runs whose Jobs failed or vanished while no worker process "
+        "followed them, and follow again at start the pool's runs in flight on this cluster.",
+    )
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces watched besides the pool template's default namespace and the "
+        "namespaces of the runs in flight (comma-separated in the environment).",
+    )
+    additional_label_filters: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="`label=value` pairs (comma-separated in the environment) a Job must carry "
+        "to be ended by this worker when nobody follows it. Applied by the worker, not the API "
+        "server: the runs it follows share the same watches.",
+    )
+    replicate_pod_events: bool = Field(
+        default=True,
+        description="Emit a Prefect event for each phase change of a followed run's pod.",
+    )
+    forward_crashed_run_logs: bool = Field(
+        default=True,
+        description="Send the last lines of a crashed run's flow container to the flow run's "
+        "logs in Prefect, once the Crashed state was accepted.",
+    )
+    forward_crashed_run_logs_tail_lines: int = Field(
+        default=500,
+        ge=1,
+        le=_core.MAX_LOG_TAIL_LINES,
+        description="How many of those lines.",
+    )
+    startup_event_concurrency: int = Field(
+        default=5,
+        ge=1,
+        description="Accepted for compatibility with prefect-kubernetes 0.8; has no effect here "
+        "(this worker does not replay pod events at start, so it has no look-ups to bound).",
+    )
+
+    @field_validator("namespaces", "additional_label_filters", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("additional_label_filters")
+    @classmethod
+    def _pairs(cls, value: list[str]) -> list[str]:
+        for pair in value:
+            name, equals, label_value = pair.partition("=")
+            if not equals or not name.strip():
+                raise ValueError(
+                    f"{pair!r} is not a label filter: write label=value, several separated by "
+                    "commas (e.g. team=data,env=prod)"
+                )
+        return value
+
+    def label_filters(self) -> list[tuple[str, str]]:
+        """The filters as `(label, value)` pairs."""
+        pairs = (pair.partition("=") for pair in self.additional_label_filters)
+        return [(name.strip(), value.strip()) for name, _, value in pairs]
+
+
 class KubernetesRsSettings(PrefectBaseSettings):
     """All settings of prefect-kubernetes-rs."""
 
@@ -124,6 +204,10 @@ class KubernetesRsSettings(PrefectBaseSettings):
     )
     worker: WorkerSettings = Field(
         default_factory=WorkerSettings, description="Settings of the worker process."
+    )
+    observer: ObserverSettings = Field(
+        default_factory=ObserverSettings,
+        description="Runs nobody follows (prefect-kubernetes 0.8's observer settings).",
     )
 
 

@@ -26,7 +26,8 @@ import datetime
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from uuid import UUID
 
 import anyio.abc
 import prefect
@@ -59,11 +60,14 @@ from prefect_kubernetes_rs.exceptions import (
     KubernetesApiError,
     ManifestError,
 )
+from prefect_kubernetes_rs.observer import (
+    RESCHEDULE_PATIENCE_SECONDS,
+    RunsNobodyFollows,
+    rescheduled_since,
+)
 from prefect_kubernetes_rs.settings import current_settings
 
 if TYPE_CHECKING:
-    from uuid import UUID
-
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import FlowRun, WorkPool
     from prefect.client.schemas.responses import DeploymentResponse
@@ -125,6 +129,14 @@ def _settings_environment_for(settings: Settings) -> dict[str, str]:
         cached = (settings, settings.to_environment_variables(exclude_unset=True))
         _settings_environment = cached
     return dict(cached[1])
+
+
+class FollowArguments(TypedDict):
+    """The arguments of the core's calls that follow a run, from its job configuration."""
+
+    pod_watch_timeout_seconds: float
+    job_watch_timeout_seconds: float | None
+    stream_output: bool
 
 
 class KubernetesWorkerJobConfiguration(BaseJobConfiguration):
@@ -241,6 +253,16 @@ class KubernetesWorkerJobConfiguration(BaseJobConfiguration):
             rendered = await resolve_block_document_references(template=rendered, client=client)
             rendered = await resolve_variables(template=rendered, client=client)
         return cls(**rendered)
+
+    def follow_arguments(self) -> FollowArguments:
+        """How the core follows this configuration's Job (timeouts as seconds, log or not)."""
+        return {
+            "pod_watch_timeout_seconds": float(self.pod_watch_timeout_seconds),
+            "job_watch_timeout_seconds": (
+                float(self.job_watch_timeout_seconds) if self.job_watch_timeout_seconds else None
+            ),
+            "stream_output": self.stream_output,
+        }
 
     @classmethod
     def _base_environment(cls) -> dict[str, str]:
@@ -411,6 +433,13 @@ class KubernetesWorker(
         )
         self._clusters_used: list[_core.ClusterHandle] = []
         self._warned_no_cluster_uid = False
+        # Flow runs a `run()` (or a re-attachment) of this process follows right now.
+        self._following: set[UUID] = set()
+        # Where the Job of a run that ended non-zero is, until its Crashed proposal (which then
+        # forwards the flow container's last lines).
+        self._ended_jobs: dict[UUID, tuple[_core.ClusterHandle, str, str]] = {}
+        self._runs_nobody_follows = RunsNobodyFollows(self)
+        self._observer_tasks: anyio.abc.TaskGroup | None = None
 
     @property
     def _created_secrets(self) -> list[tuple[str, str]]:
@@ -419,7 +448,18 @@ class KubernetesWorker(
         names = (name for cluster in self._clusters_used for name in cluster.created_secrets())
         return list(dict.fromkeys(names))
 
+    async def setup(self) -> None:
+        await super().setup()
+        # Its own task group, entered last so it is left first: it never ends by itself.
+        tasks = anyio.create_task_group()
+        await self._exit_stack.enter_async_context(tasks)
+        self._observer_tasks = tasks
+        await self._runs_nobody_follows.start(tasks)
+
     async def teardown(self, *exc_info: Any) -> None:
+        if self._observer_tasks is not None:
+            self._observer_tasks.cancel_scope.cancel()
+            self._observer_tasks = None
         await super().teardown(*exc_info)
         await self.close_kubernetes()
 
@@ -444,6 +484,7 @@ class KubernetesWorker(
             if cluster is None:
                 cluster = await self._kubernetes.connect(kubeconfig, context)
                 self._clusters_used.append(cluster)
+                await self._runs_nobody_follows.observe(cluster, [configuration.namespace])
             return cluster
         except ClusterConfigError as error:
             raise InfrastructureNotAvailable(str(error)) from error
@@ -460,6 +501,18 @@ class KubernetesWorker(
         what stays here is what only Prefect can do: the flow run's log, Prefect events and
         the eviction check against the run's states.
         """
+        self._following.add(flow_run.id)
+        try:
+            return await self._run(flow_run, configuration, task_status)
+        finally:
+            self._following.discard(flow_run.id)
+
+    async def _run(
+        self,
+        flow_run: FlowRun,
+        configuration: KubernetesWorkerJobConfiguration,
+        task_status: anyio.abc.TaskStatus[Any] | None,
+    ) -> KubernetesWorkerResult:
         logger = self.get_flow_run_logger(flow_run)
         settings = current_settings()
         worker_settings = settings.worker
@@ -472,13 +525,7 @@ class KubernetesWorker(
                 namespace=configuration.namespace,
                 flow_run_id=str(flow_run.id),
                 manifest=configuration.job_manifest,
-                pod_watch_timeout_seconds=float(configuration.pod_watch_timeout_seconds),
-                job_watch_timeout_seconds=(
-                    float(configuration.job_watch_timeout_seconds)
-                    if configuration.job_watch_timeout_seconds
-                    else None
-                ),
-                stream_output=configuration.stream_output,
+                **configuration.follow_arguments(),
                 create_attempts=retry.max_retries,
                 create_delay_seconds=float(retry.delay_seconds),
                 create_jitter_min_seconds=float(retry.jitter_min_seconds),
@@ -528,7 +575,19 @@ class KubernetesWorker(
         ):
             logger.info("The pod was evicted and the flow run rescheduled itself.")
             status_code = 0
+        if status_code != 0:
+            self._ended_jobs[flow_run.id] = (cluster, started.namespace, started.job_name)
         return KubernetesWorkerResult(identifier=started.pid, status_code=status_code)
+
+    async def _propose_crashed_state(
+        self, flow_run: FlowRun, message: str, client: PrefectClient | None = None
+    ) -> None:
+        """Propose Crashed (as the base worker does); once accepted, forward the flow
+        container's last lines to the flow run's logs when the run's Job is known."""
+        cluster, namespace, job_name = self._ended_jobs.pop(flow_run.id, (None, None, None))
+        await self._runs_nobody_follows.propose_crashed(
+            flow_run, message, cluster, namespace, job_name
+        )
 
     async def _report(
         self,
@@ -540,11 +599,14 @@ class KubernetesWorker(
         printed on stdout by the Rust core, all of them before the end arrives.)"""
         last_event: Event | None = None
         related = self._event_related_resources(configuration=configuration, include_self=True)
+        replicate_pod_events = current_settings().observer.replicate_pod_events
         async for batch in events:
             for event in batch:
                 if isinstance(event, _core.RunMessage):
                     logger.log(_LOG_LEVELS[event.level], event.text)
                 elif isinstance(event, _core.PodPhaseChange):
+                    if not replicate_pod_events:
+                        continue
                     last_event = _emit_pod_event(
                         event, configuration.namespace, related, last_event
                     )
@@ -566,8 +628,7 @@ class KubernetesWorker(
         deadline = time.monotonic() + _RESCHEDULE_PATIENCE_SECONDS
         async with get_client() as client:
             while True:
-                states = await client.read_flow_run_states(flow_run.id)
-                if any(state.is_scheduled() and state.timestamp >= since for state in states):
+                if await rescheduled_since(client, flow_run.id, since):
                     return True
                 if time.monotonic() >= deadline:
                     return False
@@ -599,7 +660,7 @@ _LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": loggin
 
 # How long an evicted run's flow may take to reschedule itself after its Job is seen failed:
 # its engine does so on SIGTERM, which the kubelet sends right after publishing the eviction.
-_RESCHEDULE_PATIENCE_SECONDS = 30
+_RESCHEDULE_PATIENCE_SECONDS = RESCHEDULE_PATIENCE_SECONDS
 
 
 def _emit_pod_event(

@@ -1,6 +1,7 @@
 //! Reaching a cluster: one client per distinct configuration, kept for the worker's lifetime.
 
 use crate::k8s::error::{describe_chain, K8sError, Result};
+use crate::k8s::observer::{Bystander, ObserveOptions, Sightings};
 use crate::k8s::secrets::CreatedSecrets;
 use crate::k8s::watch::NamespaceWatch;
 use k8s_openapi::api::core::v1::Namespace;
@@ -49,6 +50,7 @@ pub struct Cluster {
     uid: OnceCell<std::result::Result<String, String>>,
     namespaces: Mutex<HashMap<String, Arc<NamespaceWatch>>>,
     created_secrets: CreatedSecrets,
+    bystander: Arc<Bystander>,
 }
 
 impl Cluster {
@@ -101,8 +103,21 @@ impl Cluster {
             .unwrap_or_else(PoisonError::into_inner);
         namespaces
             .entry(namespace.to_owned())
-            .or_insert_with(|| NamespaceWatch::start(self.client.clone(), namespace))
+            .or_insert_with(|| {
+                NamespaceWatch::start(self.client.clone(), namespace, self.bystander.clone())
+            })
             .clone()
+    }
+
+    /// Reports what happens to Prefect Jobs nobody in this process follows, in `namespaces`
+    /// (whose watchers this starts) and in every namespace watched later for a run. Replaces
+    /// an earlier observation. Costs no request beyond the watches the runs share.
+    pub fn observe(self: &Arc<Self>, namespaces: &[String], options: ObserveOptions) -> Sightings {
+        let sightings = self.bystander.observe(options);
+        for namespace in namespaces {
+            self.namespace(namespace);
+        }
+        sightings
     }
 
     /// The API-key Secrets this process created on this cluster.
@@ -121,6 +136,7 @@ impl Cluster {
 
     /// Stops every watcher of this cluster (worker shutdown).
     pub fn close(&self) {
+        self.bystander.stop();
         self.created_secrets.forget();
         let namespaces = std::mem::take(
             &mut *self
@@ -228,6 +244,7 @@ async fn connect(source: ClusterSource, tcp_keepalive: bool) -> Result<Cluster> 
         uid: OnceCell::new(),
         namespaces: Mutex::new(HashMap::new()),
         created_secrets: CreatedSecrets::default(),
+        bystander: Arc::default(),
     })
 }
 

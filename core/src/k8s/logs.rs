@@ -86,6 +86,14 @@ impl LogCursor {
         }
     }
 
+    /// A cursor that takes only lines written after `start` (a run followed from the middle).
+    pub fn starting_at(start: Timestamp) -> Self {
+        LogCursor {
+            last: Some((start, start.to_string())),
+            seen_at_last: 0,
+        }
+    }
+
     /// `sinceTime` for a resumed stream: the last timestamp floored to the second.
     fn since(&self) -> Option<Timestamp> {
         self.last
@@ -102,15 +110,17 @@ pub fn split_timestamp(line: &str) -> Option<(Timestamp, &str, &str)> {
 }
 
 /// Follows `container` of `pod` and sends its lines in batches until the container has ended
-/// (`ended` turns true) and everything it wrote was read.
+/// (`ended` turns true) and everything it wrote was read; with `since`, only the lines
+/// written after it.
 pub async fn follow_container_log(
     pods: Api<Pod>,
     pod: String,
     container: String,
+    since: Option<Timestamp>,
     mut ended: watch::Receiver<bool>,
     lines: LogSink,
 ) -> Result<(), K8sError> {
-    let mut cursor = LogCursor::default();
+    let mut cursor = since.map(LogCursor::starting_at).unwrap_or_default();
     let mut failures = 0u32;
     let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
@@ -180,6 +190,35 @@ pub async fn follow_container_log(
             }
         }
     }
+}
+
+/// The last `lines` lines `container` of `pod` wrote, each with its time (RFC 3339) when the
+/// kubelet gives one; with `previous`, those of the container before its last restart.
+pub async fn container_log_tail(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    lines: i64,
+    previous: bool,
+) -> Result<Vec<(Option<String>, String)>, K8sError> {
+    let params = LogParams {
+        container: Some(container.to_owned()),
+        timestamps: true,
+        tail_lines: Some(lines),
+        previous,
+        ..LogParams::default()
+    };
+    let text = pods
+        .logs(pod, &params)
+        .await
+        .map_err(|error| K8sError::from_kube(error, "read", &format!("log of pod '{pod}'")))?;
+    Ok(text
+        .lines()
+        .map(|line| match split_timestamp(line) {
+            Some((_, stamp, text)) => (Some(stamp.to_owned()), text.to_owned()),
+            None => (None, line.to_owned()),
+        })
+        .collect())
 }
 
 enum StreamEnd {

@@ -7,6 +7,7 @@ pub mod events;
 pub mod jobs;
 pub mod logs;
 pub mod memory;
+pub mod observer;
 pub mod pid;
 pub mod printer;
 pub mod run;

@@ -8,6 +8,7 @@
 //! watch restarts from "now".
 
 use crate::k8s::error::K8sError;
+use crate::k8s::observer::Bystander;
 use crate::k8s::watched::{WatchedJob, WatchedPod};
 use futures::TryStreamExt;
 use kube::api::{ListParams, WatchEvent, WatchParams};
@@ -26,8 +27,8 @@ use tokio::task::JoinHandle;
 /// The label every Job and pod of a flow run carries; runs subscribe by its value.
 pub const FLOW_RUN_LABEL: &str = "prefect.io/flow-run-id";
 
-/// How many flow-run ids go into one set-based label selector when resyncing.
-const RESYNC_BATCH: usize = 50;
+/// How many flow-run ids go into one set-based label selector when reading runs' objects.
+pub const RESYNC_BATCH: usize = 50;
 /// Server-side timeout of one watch request; the watch is reopened from the last version.
 const WATCH_TIMEOUT_SECONDS: u32 = 290;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -63,6 +64,9 @@ impl<K> ObjectEvent<K> {
 
 type Subscribers<K> =
     Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<ObjectEvent<K>>)>>>>;
+
+/// Where an event that no run subscribed to goes: `(object, deleted)`.
+type Unfollowed<K> = Arc<dyn Fn(&K, bool) + Send + Sync>;
 
 /// Counters a test or benchmark can read to see what the watchers cost.
 #[derive(Debug, Default)]
@@ -104,7 +108,12 @@ where
         + Sync
         + 'static,
 {
-    fn start(client: Client, namespace: &str, kind: &'static str) -> Self {
+    fn start(
+        client: Client,
+        namespace: &str,
+        kind: &'static str,
+        unfollowed: Unfollowed<K>,
+    ) -> Self {
         let subscribers: Subscribers<K> = Arc::default();
         let (ready_tx, ready) = watch::channel(WatchState::Starting);
         let stats = Arc::new(WatchStats::default());
@@ -112,7 +121,10 @@ where
         let task = tokio::spawn(watch_loop(
             api,
             format!("{kind} in namespace '{namespace}'"),
-            subscribers.clone(),
+            Routes {
+                subscribers: subscribers.clone(),
+                unfollowed,
+            },
             ready_tx,
             stats.clone(),
         ));
@@ -178,20 +190,38 @@ where
 /// The job watcher and the pod watcher of one namespace.
 pub struct NamespaceWatch {
     namespace: String,
+    client: Client,
     jobs: SharedWatch<WatchedJob>,
     pods: SharedWatch<WatchedPod>,
     next_id: AtomicU64,
 }
 
 impl NamespaceWatch {
-    /// Starts both watchers (they open their watches in the background).
-    pub fn start(client: Client, namespace: &str) -> Arc<Self> {
+    /// Starts both watchers (they open their watches in the background). Job events no run
+    /// subscribed to go to `bystander`.
+    pub fn start(client: Client, namespace: &str, bystander: Arc<Bystander>) -> Arc<Self> {
+        let owner = namespace.to_owned();
+        let unfollowed_jobs: Unfollowed<WatchedJob> =
+            Arc::new(move |job, deleted| bystander.saw_job(&owner, &job.0, deleted));
+        let unfollowed_pods: Unfollowed<WatchedPod> = Arc::new(|_, _| {});
         Arc::new(NamespaceWatch {
             namespace: namespace.to_owned(),
-            jobs: SharedWatch::start(client.clone(), namespace, "jobs"),
-            pods: SharedWatch::start(client, namespace, "pods"),
+            client: client.clone(),
+            jobs: SharedWatch::start(client.clone(), namespace, "jobs", unfollowed_jobs),
+            pods: SharedWatch::start(client, namespace, "pods", unfollowed_pods),
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// Hands the current Jobs and pods of `flow_run_id` to its subscribers (as after a gap in
+    /// the watch): a run followed from the middle, e.g. after a worker restart, learns where
+    /// its Job stands without waiting for its next change.
+    pub async fn catch_up(&self, flow_run_id: &str) -> Result<(), K8sError> {
+        let keys = [flow_run_id.to_owned()];
+        let jobs: Api<WatchedJob> = Api::namespaced(self.client.clone(), &self.namespace);
+        resync_runs(&jobs, &self.jobs.subscribers, &keys).await?;
+        let pods: Api<WatchedPod> = Api::namespaced(self.client.clone(), &self.namespace);
+        resync_runs(&pods, &self.pods.subscribers, &keys).await
     }
 
     /// The namespace watched.
@@ -280,16 +310,33 @@ fn route_key<K: Resource>(object: &K) -> Option<String> {
     object.meta().labels.as_ref()?.get(FLOW_RUN_LABEL).cloned()
 }
 
-fn deliver<K: Resource + Clone>(
-    subscribers: &Subscribers<K>,
-    object: &K,
-    make: fn(K) -> ObjectEvent<K>,
-) {
+/// Where a shared watch sends what it sees: to the runs subscribed by flow-run id, else to
+/// the bystander.
+struct Routes<K> {
+    subscribers: Subscribers<K>,
+    unfollowed: Unfollowed<K>,
+}
+
+fn deliver<K: Resource + Clone>(routes: &Routes<K>, object: &K, deleted: bool) {
     let Some(key) = route_key(object) else { return };
-    let subscribers = subscribers.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(list) = subscribers.get(&key) {
-        for (_, tx) in list {
-            let _ = tx.send(make(object.clone()));
+    let subscribers = routes
+        .subscribers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match subscribers.get(&key) {
+        Some(list) => {
+            for (_, tx) in list {
+                let event = if deleted {
+                    ObjectEvent::Deleted(object.clone())
+                } else {
+                    ObjectEvent::Applied(object.clone())
+                };
+                let _ = tx.send(event);
+            }
+        }
+        None => {
+            drop(subscribers);
+            (routes.unfollowed)(object, deleted);
         }
     }
 }
@@ -324,7 +371,7 @@ enum WatchEnd {
 async fn watch_loop<K>(
     api: Api<K>,
     what: String,
-    subscribers: Subscribers<K>,
+    routes: Routes<K>,
     ready: watch::Sender<WatchState>,
     stats: Arc<WatchStats>,
 ) where
@@ -351,7 +398,7 @@ async fn watch_loop<K>(
         };
         if !first {
             stats.resyncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = resync(&api, &subscribers).await {
+            if let Err(error) = resync(&api, &routes.subscribers).await {
                 log::warn!("cannot re-read {what} after a watch gap, trying again: {error}");
                 backoff.wait().await;
                 continue;
@@ -361,7 +408,7 @@ async fn watch_loop<K>(
         let _ = ready.send(WatchState::Ready);
         let mut version = version;
         loop {
-            match watch_once(&api, &selector, &mut version, &subscribers, &stats).await {
+            match watch_once(&api, &selector, &mut version, &routes, &stats).await {
                 Ok(WatchEnd::Reopen) => backoff.reset(),
                 Ok(WatchEnd::Gone) => break,
                 Err(error) if error.status_code() == Some(410) => break,
@@ -379,7 +426,7 @@ async fn watch_once<K>(
     api: &Api<K>,
     selector: &str,
     version: &mut String,
-    subscribers: &Subscribers<K>,
+    routes: &Routes<K>,
     stats: &WatchStats,
 ) -> Result<WatchEnd, K8sError>
 where
@@ -405,11 +452,11 @@ where
         match event {
             WatchEvent::Added(object) | WatchEvent::Modified(object) => {
                 remember_version(version, &object);
-                deliver(subscribers, &object, ObjectEvent::Applied);
+                deliver(routes, &object, false);
             }
             WatchEvent::Deleted(object) => {
                 remember_version(version, &object);
-                deliver(subscribers, &object, ObjectEvent::Deleted);
+                deliver(routes, &object, true);
             }
             WatchEvent::Bookmark(bookmark) => *version = bookmark.metadata.resource_version,
             WatchEvent::Error(status) if status.code == 410 => return Ok(WatchEnd::Gone),
@@ -443,6 +490,19 @@ where
         .keys()
         .cloned()
         .collect();
+    resync_runs(api, subscribers, &keys).await
+}
+
+/// Re-reads the objects of the runs `keys`, a batch of runs per request, and hands each its
+/// own.
+async fn resync_runs<K>(
+    api: &Api<K>,
+    subscribers: &Subscribers<K>,
+    keys: &[String],
+) -> Result<(), K8sError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     for batch in keys.chunks(RESYNC_BATCH) {
         let selector = format!("{FLOW_RUN_LABEL} in ({})", batch.join(","));
         let objects = api

@@ -2,14 +2,16 @@
 
 use super::start_clock::PodStart;
 use super::state::{JobEnd, RunState, StartStatus, Waiting};
-use super::{FollowOptions, Level, RunEvent, RunOutcome};
+use super::{FollowOptions, Level, RunEvent, RunEventStream, RunOutcome};
 use crate::k8s::cluster::Cluster;
+use crate::k8s::error::K8sError;
 use crate::k8s::events::{recent_events, scale_up_news};
 use crate::k8s::jobs::delete_job;
 use crate::k8s::logs::{follow_container_log, LogSink};
 use crate::k8s::watch::RunSubscription;
 use crate::manifest::PREFECT_CONTAINER;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +58,7 @@ pub async fn follow_run(
         job_name,
         events,
         log_lines,
+        log_since: options.log_since,
         log_tasks: HashMap::new(),
     };
     let outcome = follower
@@ -69,6 +72,30 @@ pub async fn follow_run(
     drop(state);
     crate::k8s::memory::release_freed_memory();
     let _ = follower.events.send(RunEvent::Finished(outcome)).await;
+}
+
+/// Follows the Job `job_name` of a run this process did not start (a worker restarted while
+/// the run was in flight): subscribes, reads where the Job stands, then follows it as
+/// [`follow_run`] does, printing the log lines written from now on (the earlier ones were the
+/// earlier worker's to print). Fails when the watches cannot be opened or the run's objects
+/// read.
+pub async fn follow_existing_run(
+    cluster: Arc<Cluster>,
+    namespace: &str,
+    flow_run_id: &str,
+    job_name: String,
+    mut options: FollowOptions,
+    log_lines: LogSink,
+) -> Result<RunEventStream, K8sError> {
+    options.log_since.get_or_insert_with(Timestamp::now);
+    let watch = cluster.namespace(namespace);
+    let subscription = watch.subscribe(flow_run_id).await?;
+    // Subscribed first, read second: a change between the two comes on the watch after the
+    // read, so nothing is missed.
+    watch.catch_up(flow_run_id).await?;
+    Ok(RunEventStream::spawn(|sender| {
+        follow_run(cluster, subscription, job_name, options, sender, log_lines)
+    }))
 }
 
 /// Runs being followed right now in this process (for tests and benchmarks: a cancelled run
@@ -106,6 +133,7 @@ struct RunFollower {
     job_name: String,
     events: mpsc::Sender<RunEvent>,
     log_lines: LogSink,
+    log_since: Option<Timestamp>,
     log_tasks: HashMap<String, LogTask>,
 }
 
@@ -408,11 +436,13 @@ impl RunFollower {
                 let api: Api<Pod> = Api::namespaced(self.cluster.client(), &self.namespace);
                 let pod_name = pod.clone();
                 let log_lines = self.log_lines.clone();
+                let since = self.log_since;
                 let handle = tokio::spawn(async move {
                     let result = follow_container_log(
                         api,
                         pod_name.clone(),
                         PREFECT_CONTAINER.into(),
+                        since,
                         ended_rx,
                         log_lines,
                     )

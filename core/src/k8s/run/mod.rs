@@ -9,6 +9,7 @@
 //!   deadlines and reports [`RunEvent`]s.
 //! - [`stream`]: hands those events out in batches.
 
+pub mod examine;
 pub mod follower;
 pub mod kill;
 pub mod start;
@@ -16,10 +17,11 @@ pub mod start_clock;
 pub mod state;
 pub mod stream;
 
-pub use follower::{active_followers, follow_run};
+pub use examine::{crashed_run_log_tail, examine_runs, RunExamination, RunToExamine};
+pub use follower::{active_followers, follow_existing_run, follow_run};
 pub use kill::{kill_run, parse_pid_for, KillError};
 pub use start::{start_run, RunRequest, StartError, StartedRun};
-pub use state::{JobEnd, RunState, StartStatus, Waiting};
+pub use state::{job_end_of, EndedPod, JobEnd, RunState, StartStatus, Waiting};
 pub use stream::RunEventStream;
 
 use std::time::Duration;
@@ -39,6 +41,9 @@ pub struct FollowOptions {
     pub job_watch_timeout: Option<Duration>,
     /// Stream the flow container's log.
     pub stream_output: bool,
+    /// Print only the lines written after this time (a run followed from the middle, e.g.
+    /// after a worker restart, whose earlier lines the earlier worker printed).
+    pub log_since: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// Severity of a message for the flow run's log.

@@ -295,40 +295,7 @@ impl RunState {
     }
 
     fn job_end_from_status(&self) -> Option<JobEnd> {
-        let job = self.job.as_ref()?;
-        let status = job.status.as_ref()?;
-        for condition in status.conditions.iter().flatten() {
-            if condition.status != "True" {
-                continue;
-            }
-            match condition.type_.as_str() {
-                // SuccessCriteriaMet and FailureTarget are the interim conditions of newer
-                // clusters; the outcome is settled when they appear.
-                "Complete" | "SuccessCriteriaMet" => return Some(JobEnd::Complete),
-                "Failed" | "FailureTarget" => {
-                    return Some(JobEnd::Failed(
-                        condition.reason.clone().unwrap_or_else(|| "Failed".into()),
-                    ))
-                }
-                _ => {}
-            }
-        }
-        let backoff_limit = job
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.backoff_limit)
-            .unwrap_or(6);
-        // Without a condition (a v1.20 API server may lag with it), only once nothing runs or
-        // terminates: a pod deleted from outside counts as failed while the Job controller may
-        // still run its replacement to the end. Newer API servers always set the conditions,
-        // and their counters lag (Job tracking with finalizers, 1.26+).
-        if status.failed.unwrap_or(0) > backoff_limit
-            && status.active.unwrap_or(0) == 0
-            && status.terminating.unwrap_or(0) == 0
-        {
-            return Some(JobEnd::Failed("BackoffLimitExceeded".into()));
-        }
-        None
+        job_end_of(self.job.as_ref()?)
     }
 
     /// The outcome once the Job is over: the exit code of the newest pod's flow container.
@@ -370,6 +337,37 @@ impl RunState {
                 evicted,
             },
         }
+    }
+
+    /// The pod whose end is the Job's, for someone who did not follow the run: its name, why
+    /// it ended (the flow container's reason such as `OOMKilled`, or the pod's such as
+    /// `Evicted`) and whether its last words are in the previous container's log (the
+    /// container was restarted and has not ended for good).
+    pub fn ended_pod(&self, end: &JobEnd) -> Option<EndedPod> {
+        let pod = self.pod_that_ended_the_job(end)?;
+        let container = flow_container(pod);
+        let reason = container
+            .and_then(terminated_reason)
+            .filter(|reason| reason != "Completed" && reason != "Error")
+            .or_else(|| pod.status.as_ref().and_then(|status| status.reason.clone()))
+            .or_else(|| container.and_then(terminated_reason))
+            .or_else(|| container.and_then(last_terminated_reason));
+        let previous_log = container.is_some_and(|status| {
+            let ended_now = status
+                .state
+                .as_ref()
+                .is_some_and(|state| state.terminated.is_some());
+            !ended_now
+                && status
+                    .last_state
+                    .as_ref()
+                    .is_some_and(|state| state.terminated.is_some())
+        });
+        Some(EndedPod {
+            name: pod.metadata.name.clone()?,
+            reason,
+            previous_log,
+        })
     }
 
     /// Is the newest pod's story told: no pod, or one in a final phase, with an ended flow
@@ -438,6 +436,54 @@ impl RunState {
     }
 }
 
+/// The pod that ended a run, as [`RunState::ended_pod`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedPod {
+    /// The pod's name.
+    pub name: String,
+    /// `OOMKilled`, `Evicted`, `DeadlineExceeded`, `Error`, ... when Kubernetes says.
+    pub reason: Option<String>,
+    /// The flow container was restarted: its last words are in the previous container's log.
+    pub previous_log: bool,
+}
+
+/// Whether and how `job` is over by its status (a deletion is the caller's to know).
+pub fn job_end_of(job: &Job) -> Option<JobEnd> {
+    let status = job.status.as_ref()?;
+    for condition in status.conditions.iter().flatten() {
+        if condition.status != "True" {
+            continue;
+        }
+        match condition.type_.as_str() {
+            // SuccessCriteriaMet and FailureTarget are the interim conditions of newer
+            // clusters; the outcome is settled when they appear.
+            "Complete" | "SuccessCriteriaMet" => return Some(JobEnd::Complete),
+            "Failed" | "FailureTarget" => {
+                return Some(JobEnd::Failed(
+                    condition.reason.clone().unwrap_or_else(|| "Failed".into()),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let backoff_limit = job
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.backoff_limit)
+        .unwrap_or(6);
+    // Without a condition (a v1.20 API server may lag with it), only once nothing runs or
+    // terminates: a pod deleted from outside counts as failed while the Job controller may
+    // still run its replacement to the end. Newer API servers always set the conditions,
+    // and their counters lag (Job tracking with finalizers, 1.26+).
+    if status.failed.unwrap_or(0) > backoff_limit
+        && status.active.unwrap_or(0) == 0
+        && status.terminating.unwrap_or(0) == 0
+    {
+        return Some(JobEnd::Failed("BackoffLimitExceeded".into()));
+    }
+    None
+}
+
 fn pod_phase(pod: &Pod) -> &str {
     pod.status
         .as_ref()
@@ -488,6 +534,16 @@ fn exit_code(status: &ContainerStatus) -> Option<i32> {
 
 fn terminated_reason(status: &ContainerStatus) -> Option<String> {
     status.state.as_ref()?.terminated.as_ref()?.reason.clone()
+}
+
+fn last_terminated_reason(status: &ContainerStatus) -> Option<String> {
+    status
+        .last_state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .reason
+        .clone()
 }
 
 /// A waiting reason the kubelet never retries, on any container of the pod (an init container
