@@ -249,19 +249,25 @@ impl ClusterHandle {
     /// Reports the Prefect Jobs nobody in this process follows that fail, or are deleted
     /// before they succeed, in `namespaces` (whose watchers this starts) and in every
     /// namespace watched later for a run; objects must carry every `(label, value)` of
-    /// `label_filters`. Returns `Sightings`, an async iterator of batches of
-    /// `UnfollowedJobEnded`. Replaces an earlier observation of this cluster.
-    #[pyo3(signature = (*, namespaces, label_filters))]
+    /// `label_filters`; with `pod_events`, each phase change of their pods too. Returns
+    /// `Sightings`, an async iterator of batches of `UnfollowedJobEnded` and
+    /// `UnfollowedPodChange`. Replaces an earlier observation of this cluster.
+    #[pyo3(signature = (*, namespaces, label_filters, pod_events))]
     fn observe<'py>(
         &self,
         py: Python<'py>,
         namespaces: Vec<String>,
         label_filters: Vec<(String, String)>,
+        pod_events: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
+        let options = ObserveOptions {
+            label_filters,
+            pod_events,
+        };
         // The watchers are tasks of the runtime: started from inside it.
         future_into_py(py, async move {
-            let sightings = cluster.observe(&namespaces, ObserveOptions { label_filters });
+            let sightings = cluster.observe(&namespaces, options);
             Ok(py_observer::Sightings {
                 stream: Arc::new(sightings),
             })
@@ -519,6 +525,8 @@ pub struct PodPhaseChange {
     phase: String,
     evicted: bool,
     reason: Option<String>,
+    /// How often the flow container was restarted.
+    restart_count: i32,
 }
 
 /// The run's end: the flow container's exit code (-1 when there is none) and what happened.
@@ -561,6 +569,7 @@ impl<'py> IntoPyObject<'py> for EventBatch {
                     phase: change.phase,
                     evicted: change.evicted,
                     reason: change.reason,
+                    restart_count: change.restart_count,
                 })?,
                 RunEvent::Finished(outcome) => list.append(RunFinished {
                     exit_code: outcome.exit_code,

@@ -6,6 +6,7 @@ use prefect_kubernetes_rs_core::k8s::observer::{Sighting, Sightings as CoreSight
 use prefect_kubernetes_rs_core::k8s::run::{JobEnd, RunExamination as CoreExamination};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// `("failed", reason)` or `("deleted", None)`; the success is `("complete", None)`.
@@ -30,6 +31,22 @@ pub struct UnfollowedJobEnded {
     end: &'static str,
     /// Kubernetes' reason for a failure (`BackoffLimitExceeded`, `DeadlineExceeded`, ...).
     end_reason: Option<String>,
+}
+
+/// A pod of a run nobody in this process follows changed phase.
+#[pyclass(frozen, get_all, module = "prefect_kubernetes_rs._core")]
+pub struct UnfollowedPodChange {
+    namespace: String,
+    flow_run_id: String,
+    /// The pod's `prefect.io/...` labels.
+    labels: BTreeMap<String, String>,
+    name: String,
+    uid: String,
+    phase: String,
+    evicted: bool,
+    reason: Option<String>,
+    /// How often the flow container was restarted.
+    restart_count: i32,
 }
 
 /// What the bystander reports, as an async iterator of batches.
@@ -60,6 +77,17 @@ impl<'py> IntoPyObject<'py> for SightingBatch {
                         end_reason,
                     })?
                 }
+                Sighting::PodChanged(changed) => list.append(UnfollowedPodChange {
+                    namespace: changed.namespace,
+                    flow_run_id: changed.flow_run_id,
+                    labels: changed.labels,
+                    name: changed.change.name,
+                    uid: changed.change.uid,
+                    phase: changed.change.phase,
+                    evicted: changed.change.evicted,
+                    reason: changed.change.reason,
+                    restart_count: changed.change.restart_count,
+                })?,
             }
         }
         Ok(list)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from prefect.states import Cancelled, Cancelling
@@ -764,36 +766,135 @@ async def test_a_worker_of_another_pool_that_watches_the_namespace_crashes_a_run
         stack.stop_worker(watcher)
 
 
-async def test_two_workers_polling_one_pool_run_each_flow_run_in_exactly_one_job(
+async def test_prefect_answering_503_to_steps_a_run_can_do_without_crashes_no_run(
+    stack, testbed, namespace, tmp_path
+):
+    """Under a burst Prefect's API answers 503 until the client gives up (the base worker's
+    flow-run label update then crashed runs before their Job existed). Here the worker reaches
+    Prefect through a proxy that answers 503 to every label update and to the first Pending
+    proposals: every run gets its one Job and completes."""
+    from testbed_support import fault_proxy_in_front_of
+
+    pool = f"unavailable-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(pool, KubernetesWorker.get_default_base_job_template())
+    deployment_id = await stack.deploy(
+        FLOWS, "flows.py:numbered_lines", pool, {"image": "local-process", "namespace": namespace}
+    )
+    flow_runs = [await stack.run_deployment(deployment_id, {"count": 1}) for _ in range(3)]
+    origin = stack.api_url.removesuffix("/api")
+    with fault_proxy_in_front_of(origin, tmp_path / "prefect-proxy.log") as proxy:
+        labels, pending = proxy.add_rules(
+            {"path": "/flow_runs/[^/]+/labels$", "action": "status", "code": 503},
+            # Two answers per proposal (the client's first try and its one retry), for the first
+            # two proposals.
+            {"path": "/flow_runs/[^/]+/set_state$", "action": "status", "code": 503, "times": 4},
+        )
+        worker = stack.start_worker(
+            pool,
+            kubeconfig=testbed.kubeconfig,
+            extra_env={"PREFECT_API_URL": proxy.url + "/api", "PREFECT_CLIENT_MAX_RETRIES": "1"},
+        )
+        try:
+            finished = await stack.wait_for_state([run.id for run in flow_runs], timeout=240)
+            assert sorted(run.state.name for run in finished.values()) == ["Completed"] * 3
+            # Each label update was tried twice (the client's one retry), then given up.
+            assert proxy.applied([labels, pending]) == [6, 4]
+            for flow_run in flow_runs:
+                assert len(objects(testbed, "jobs", namespace, flow_run.id)) == 1
+            output = worker.output()
+            assert output.count("goes on without the labels") == 3
+            assert "proposing Pending for flow run" in output
+            assert "Failed to submit flow run" not in output
+        finally:
+            stack.stop_worker(worker)
+
+
+async def pod_events_since(stack: PrefectServer, since: datetime.datetime) -> list[dict[str, Any]]:
+    """The `prefect.kubernetes.pod.*` events in Prefect's event feed since `since`."""
+    body = {
+        "filter": {
+            "occurred": {"since": since.isoformat()},
+            "event": {"prefix": ["prefect.kubernetes.pod."]},
+        },
+        "limit": 50,
+    }
+    async with stack.client() as client:
+        response = await client._client.post("/events/filter", json=body)
+        response.raise_for_status()
+        page = response.json()
+        events = list(page["events"])
+        while page.get("next_page"):
+            response = await client._client.get(page["next_page"])
+            response.raise_for_status()
+            page = response.json()
+            events.extend(page["events"])
+    return events
+
+
+async def test_two_workers_on_one_pool_run_crash_and_say_each_run_and_pod_phase_once(
     stack, testbed, namespace
 ):
+    """Both workers watch the namespace: each follows its own runs and sees the other's as runs
+    nobody here follows. Still: one Job per run, one Crashed state per crashed run, one event
+    per pod phase in Prefect's feed (the same deterministic id from whoever saw it)."""
     pool = f"pair-{uuid.uuid4().hex[:6]}"
     await stack.create_pool(pool, KubernetesWorker.get_default_base_job_template())
+    since = datetime.datetime.now(datetime.timezone.utc)
     workers = [stack.start_worker(pool, kubeconfig=testbed.kubeconfig) for _ in range(2)]
     try:
-        deployment_id = await stack.deploy(
-            FLOWS,
-            "flows.py:numbered_lines",
-            pool,
-            {"image": "local-process", "namespace": namespace},
-        )
+        variables = {"image": "local-process", "namespace": namespace}
+        completing = await stack.deploy(FLOWS, "flows.py:numbered_lines", pool, variables)
+        crashing = await stack.deploy(FLOWS, "flows.py:exit_the_container", pool, variables)
+        failing = await stack.deploy(FLOWS, "flows.py:raise_an_error", pool, variables)
+        runs = [(completing, {"count": 2}, "Completed")] * 6 + [
+            (crashing, {"code": 3}, "Crashed"),
+            (crashing, {"code": 3}, "Crashed"),
+            (failing, {}, "Failed"),
+            (failing, {}, "Failed"),
+        ]
         flow_runs = await asyncio.gather(
-            *(stack.run_deployment(deployment_id, {"count": 2}) for _ in range(10))
+            *(stack.run_deployment(deployment, parameters) for deployment, parameters, _ in runs)
         )
-        finished = await stack.wait_for_state([run.id for run in flow_runs], timeout=300)
-        assert sorted(run.state.name for run in finished.values()) == ["Completed"] * 10
+        expected = {str(run.id): state for run, (_, _, state) in zip(flow_runs, runs, strict=True)}
+        finished = await stack.wait_for_state(expected, timeout=300)
+        assert {run_id: run.state.name for run_id, run in finished.items()} == expected
+        async with stack.client() as client:
+            for run_id, state in expected.items():
+                names = [s.name for s in await client.read_flow_run_states(UUID(run_id))]
+                assert names.count("Crashed") == (1 if state == "Crashed" else 0), names
         for run in finished.values():
             name = job_name(run)
-            for_this_job = [f"Job '{name}' completed"]
             ran_it = [w for w in workers if f"Kubernetes job {name!r} created" in w.output()]
             assert len(ran_it) == 1, f"{name} created by {len(ran_it)} workers"
-            ran_it[0].wait_for_any_output(for_this_job)
+            assert len(objects(testbed, "jobs", namespace, run.id)) == 1
         outputs = "".join(worker.output() for worker in workers)
-        for flow_run in flow_runs:
-            assert len(objects(testbed, "jobs", namespace, flow_run.id)) == 1
-            assert run_lines(outputs, flow_run.id) == [
-                f"line {n} of 2 in run {flow_run.id}" for n in (1, 2)
+        for flow_run, (_, _, state) in zip(flow_runs, runs, strict=True):
+            if state == "Completed":
+                assert run_lines(outputs, flow_run.id) == [
+                    f"line {n} of 2 in run {flow_run.id}" for n in (1, 2)
+                ]
+
+        # Every pod's phases, each once (the feed is written a moment after the events).
+        pods = {
+            pod["metadata"]["uid"]: pod
+            for run_id in expected
+            for pod in objects(testbed, "pods", namespace, run_id)
+        }
+        deadline = time.monotonic() + 60
+        while True:
+            events = [
+                event
+                for event in await pod_events_since(stack, since)
+                if event["resource"]["prefect.resource.id"].removeprefix("prefect.kubernetes.pod.")
+                in pods
             ]
+            said = [(e["resource"]["prefect.resource.id"], e["event"]) for e in events]
+            ended = {pod_id for pod_id, name in said if name.endswith(("succeeded", "failed"))}
+            if len(ended) == len(pods) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(2)
+        assert len(ended) == len(pods), said
+        assert sorted(said) == sorted(set(said)), "a pod phase was said twice"
     finally:
         for worker in workers:
             stack.stop_worker(worker)

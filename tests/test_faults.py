@@ -424,7 +424,7 @@ from prefect_kubernetes_rs import _core
 async def main():
     clients = _core.KubernetesClients(tcp_keepalive=True)
     cluster = await clients.connect(json.loads(sys.argv[1]), None)
-    for n in range(30):
+    async def start(n):
         # Each start watches its namespace, then the Job is refused (no such namespace): the
         # namespace's watchers stay, reconnecting.
         try:
@@ -439,6 +439,10 @@ async def main():
             )
         except Exception:
             pass
+
+    # All at once: one after the other they took ~4 s per process, and the 20 processes came
+    # close to the test's timeout on a loaded machine.
+    await asyncio.gather(*(start(n) for n in range(30)))
     await asyncio.sleep(float(sys.argv[2]))
 
 asyncio.run(main())

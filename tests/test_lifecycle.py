@@ -624,7 +624,7 @@ def captured_events(monkeypatch):
         emitted.append(event)
         return event
 
-    monkeypatch.setattr("prefect_kubernetes_rs.worker.emit_event", record)
+    monkeypatch.setattr("prefect_kubernetes_rs.pod_events.emit_event", record)
     return emitted
 
 

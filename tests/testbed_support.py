@@ -298,3 +298,45 @@ class SilencedConnections:
 
     def __exit__(self, *exc_info: object) -> None:
         run_checked(["nft", "delete", "table", "inet", self.table])
+
+
+@dataclass
+class HttpFaultProxy:
+    """The testbed's fault proxy in front of a plain-HTTP server (e.g. Prefect's API): `url`
+    reaches the server through it; rules are posted to its control API."""
+
+    url: str
+    control: str
+
+    def add_rules(self, *rules: dict[str, Any]) -> list[int]:
+        request = urllib.request.Request(
+            self.control + "/rules",
+            method="POST",
+            data=json.dumps(list(rules)).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["ids"]
+
+    def applied(self, ids: list[int]) -> list[int]:
+        """How many requests each of these rules has changed so far."""
+        with urllib.request.urlopen(self.control + "/rules", timeout=10) as response:
+            rules = {entry["id"]: entry for entry in json.loads(response.read())["rules"]}
+        return [rules[rule]["applied"] for rule in ids]
+
+
+@contextmanager
+def fault_proxy_in_front_of(origin: str, log: Path) -> Iterator[HttpFaultProxy]:
+    """A fault proxy forwarding to `origin` (`http://host:port`), stopped after the block."""
+    process = subprocess.Popen(
+        [str(_binary("fault-proxy")), "--upstream", origin],
+        stdout=subprocess.PIPE,
+        stderr=open(log, "ab"),  # noqa: SIM115 - closed with the process
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        ready = _fields(_wait_for_line(process, "fault-proxy ready", 60, log))
+        yield HttpFaultProxy(url=f"http://{ready['listen']}", control=f"http://{ready['control']}")
+    finally:
+        stop_processes([process])

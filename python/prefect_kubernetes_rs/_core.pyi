@@ -29,6 +29,7 @@ __all__ = [
     "Sightings",
     "StartedRun",
     "UnfollowedJobEnded",
+    "UnfollowedPodChange",
     "WatchStats",
     "__version__",
     "active_followers",
@@ -186,11 +187,16 @@ class ClusterHandle:
     def watch_stats(self, namespace: str) -> WatchStats | None:
         """The shared watchers of a namespace, or None when nothing watches it."""
     def observe(
-        self, *, namespaces: list[str], label_filters: list[tuple[str, str]]
+        self,
+        *,
+        namespaces: list[str],
+        label_filters: list[tuple[str, str]],
+        pod_events: bool,
     ) -> Awaitable[Sightings]:
         """Report the Prefect Jobs nobody in this process follows that fail, or are deleted
-        before they succeed, in `namespaces` (whose watchers this starts) and every namespace
-        watched later; replaces an earlier observation of this cluster."""
+        before they succeed, and with `pod_events` their pods' phase changes, in `namespaces`
+        (whose watchers this starts) and every namespace watched later; replaces an earlier
+        observation of this cluster."""
     def watch_namespaces(self, namespaces: list[str]) -> Awaitable[None]:
         """Start the shared watchers of `namespaces` (if not yet running)."""
     def examine_runs(
@@ -282,6 +288,9 @@ class PodPhaseChange:
     def evicted(self) -> bool: ...
     @property
     def reason(self) -> str | None: ...
+    @property
+    def restart_count(self) -> int:
+        """How often the flow container was restarted."""
 
 @final
 class RunFinished:
@@ -324,11 +333,35 @@ class UnfollowedJobEnded:
     def end_reason(self) -> str | None: ...
 
 @final
+class UnfollowedPodChange:
+    """A pod of a run nobody in this process follows changed phase."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def flow_run_id(self) -> str: ...
+    @property
+    def labels(self) -> dict[str, str]:
+        """The pod's `prefect.io/...` labels."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def evicted(self) -> bool: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def restart_count(self) -> int: ...
+
+@final
 class Sightings:
     """What the bystander reports: an async iterator of batches."""
 
     def __aiter__(self) -> Sightings: ...
-    def __anext__(self) -> Awaitable[list[UnfollowedJobEnded]]: ...
+    def __anext__(self) -> Awaitable[list[UnfollowedJobEnded | UnfollowedPodChange]]: ...
 
 @final
 class RunExamination:

@@ -18,6 +18,9 @@ failed or vanished. Here the worker asks Prefect what that means for the flow ru
 At start, the pool's runs that are Pending or Running with a pid on a cluster this worker
 reaches are read (their Jobs only, by label, in batches): those that ended while nobody watched
 are judged as above, the others are followed again (their log from now on, their end).
+
+The pods of runs nobody follows have their phase changes emitted as Prefect events too
+(`pod_events.py`), with the same deterministic ids as a following worker's.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from prefect_kubernetes_rs.exceptions import (
     InvalidPidError,
     KubernetesApiError,
 )
+from prefect_kubernetes_rs.pod_events import UnfollowedPodEvents
 from prefect_kubernetes_rs.settings import current_settings
 
 if TYPE_CHECKING:
@@ -136,6 +140,7 @@ class RunsNobodyFollows:
         self._observed: set[tuple[str, str]] = set()
         # Jobs being judged, so a Job seen failing and then deleted is judged once.
         self._judging: set[tuple[str, str]] = set()
+        self._pod_events = UnfollowedPodEvents()
 
     @property
     def _client(self) -> PrefectClient:
@@ -148,6 +153,8 @@ class RunsNobodyFollows:
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Observe the pool's default cluster and namespace, then re-attach runs in flight."""
         self._task_group = task_group
+        # A worker set up again has new clients: observe them anew.
+        self._observed.clear()
         settings = current_settings().observer
         if not settings.enabled:
             return
@@ -185,13 +192,18 @@ class RunsNobodyFollows:
             return
         self._observed.add(key)
         sightings = await cluster.observe(
-            namespaces=namespaces, label_filters=settings.label_filters()
+            namespaces=namespaces,
+            label_filters=settings.label_filters(),
+            pod_events=settings.replicate_pod_events,
         )
         self._task_group.start_soon(self._listen, cluster, sightings)
 
     async def _listen(self, cluster: _core.ClusterHandle, sightings: _core.Sightings) -> None:
         async for batch in sightings:
             for ended in batch:
+                if isinstance(ended, _core.UnfollowedPodChange):
+                    self._pod_events.emit(ended)
+                    continue
                 created = (
                     datetime.datetime.fromisoformat(ended.created.replace("Z", "+00:00"))
                     if ended.created

@@ -144,7 +144,8 @@ class ObserverSettings(PrefectBaseSettings):
     )
     replicate_pod_events: bool = Field(
         default=True,
-        description="Emit a Prefect event for each phase change of a followed run's pod.",
+        description="Emit a Prefect event for each phase change of the pods of the runs the "
+        "worker follows and of the runs nobody follows in its namespaces.",
     )
     forward_crashed_run_logs: bool = Field(
         default=True,

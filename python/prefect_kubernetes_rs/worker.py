@@ -32,7 +32,7 @@ from uuid import UUID
 import anyio.abc
 import prefect
 from prefect.client.schemas.objects import Flow as APIFlow
-from prefect.events import Event, RelatedResource, emit_event
+from prefect.events import Event
 from prefect.exceptions import (
     InfrastructureError,
     InfrastructureNotAvailable,
@@ -65,6 +65,7 @@ from prefect_kubernetes_rs.observer import (
     RunsNobodyFollows,
     rescheduled_since,
 )
+from prefect_kubernetes_rs.pod_events import emit_pod_event
 from prefect_kubernetes_rs.settings import current_settings
 
 if TYPE_CHECKING:
@@ -579,6 +580,80 @@ class KubernetesWorker(
             self._ended_jobs[flow_run.id] = (cluster, started.namespace, started.job_name)
         return KubernetesWorkerResult(identifier=started.pid, status_code=status_code)
 
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+        """Label the flow run with this worker and pool, as the base worker does, but as a step
+        the run can do without: the labels only help find a worker's runs. Under load Prefect's
+        API may answer 503 until the client gives up; the base worker then crashed the run
+        before its Job existed. Here that costs one warning."""
+        try:
+            await super()._give_worker_labels_to_flow_run(flow_run_id)
+        except Exception as error:
+            self._logger.warning(
+                "Could not label flow run %s with this worker and its pool (%s: %s); the run "
+                "goes on without the labels.",
+                flow_run_id,
+                type(error).__name__,
+                error,
+            )
+
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        """Propose Pending, as the base worker does; when Prefect's API is unavailable (503, or
+        refused connections, after the client's own retries) try again, a few times with
+        back-off: the proposal was not applied, and without it the run is not submitted now."""
+        for pause in (*_PENDING_RETRY_PAUSES_SECONDS, None):
+            try:
+                return await self._propose_pending_state_once(flow_run)
+            except _PrefectUnavailable as error:
+                if pause is None:
+                    self.get_flow_run_logger(flow_run).error(
+                        "Failed to update state of flow run '%s': %s", flow_run.id, error.cause
+                    )
+                    return False
+                self._logger.warning(
+                    "Prefect's API is unavailable (%s); proposing Pending for flow run %s again "
+                    "in %s s",
+                    error.cause,
+                    flow_run.id,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+        return False
+
+    async def _propose_pending_state_once(self, flow_run: FlowRun) -> bool:
+        # The base class's proposal catches every error itself: ask with the same steps, and
+        # let "unavailable" through to be retried.
+        import httpx
+        from prefect.exceptions import Abort
+        from prefect.states import Pending
+        from prefect.utilities.engine import propose_state
+
+        run_logger = self.get_flow_run_logger(flow_run)
+        try:
+            state = await propose_state(self.client, Pending(), flow_run_id=flow_run.id)
+        except Abort as exc:
+            run_logger.info(
+                f"Aborted submission of flow run '{flow_run.id}'. Server sent an abort "
+                f"signal: {exc}"
+            )
+            return False
+        except httpx.HTTPStatusError as error:
+            if error.response.status_code == 503:
+                raise _PrefectUnavailable(error) from error
+            run_logger.exception(f"Failed to update state of flow run '{flow_run.id}'")
+            return False
+        except httpx.ConnectError as error:
+            raise _PrefectUnavailable(error) from error
+        except Exception:
+            run_logger.exception(f"Failed to update state of flow run '{flow_run.id}'")
+            return False
+        if not state.is_pending():
+            run_logger.info(
+                f"Aborted submission of flow run '{flow_run.id}': Server returned a non-pending "
+                f"state {state.type.value!r}"
+            )
+            return False
+        return True
+
     async def _propose_crashed_state(
         self, flow_run: FlowRun, message: str, client: PrefectClient | None = None
     ) -> None:
@@ -607,9 +682,7 @@ class KubernetesWorker(
                 elif isinstance(event, _core.PodPhaseChange):
                     if not replicate_pod_events:
                         continue
-                    last_event = _emit_pod_event(
-                        event, configuration.namespace, related, last_event
-                    )
+                    last_event = emit_pod_event(event, configuration.namespace, related, last_event)
                 else:
                     return event
         raise InfrastructureError("Lost track of the Kubernetes job before it finished.")
@@ -656,31 +729,21 @@ class KubernetesWorker(
         self._logger.info("Deleted Kubernetes job %r in namespace %r", job_name, namespace)
 
 
+# Pauses before the Pending proposal is tried again while Prefect's API is unavailable (the
+# client has already retried a 503 five times, about a minute, before each of these).
+_PENDING_RETRY_PAUSES_SECONDS = (5, 15, 30)
+
+
+class _PrefectUnavailable(Exception):
+    """Prefect's API answered 503 or refused the connection: the request was not applied."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 _LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 # How long an evicted run's flow may take to reschedule itself after its Job is seen failed:
 # its engine does so on SIGTERM, which the kubelet sends right after publishing the eviction.
 _RESCHEDULE_PATIENCE_SECONDS = RESCHEDULE_PATIENCE_SECONDS
-
-
-def _emit_pod_event(
-    event: _core.PodPhaseChange,
-    namespace: str,
-    related: list[RelatedResource],
-    follows: Event | None,
-) -> Event | None:
-    """Replicate a pod phase change as a `prefect.kubernetes.pod.*` Prefect event."""
-    name = "evicted" if event.evicted else event.phase.lower()
-    resource = {
-        "prefect.resource.id": f"prefect.kubernetes.pod.{event.uid}",
-        "prefect.resource.name": event.name,
-        "kubernetes.namespace": namespace,
-    }
-    if event.evicted and event.reason:
-        resource["kubernetes.reason"] = event.reason
-    return emit_event(
-        event=f"prefect.kubernetes.pod.{name}",
-        resource=resource,
-        related=related,
-        follows=follows,
-    )

@@ -6,14 +6,16 @@
 //! Prefect Job of the namespaces they watch (their selector is the flow-run label, not a run's
 //! id), so noticing what happens to those runs costs no request and no watch: an event that no
 //! run subscribed to is handed to the cluster's [`Bystander`] instead of being dropped. It
-//! reports a Job's failure, or its deletion before it succeeded, once per Job. What that means
+//! reports a Job's failure, or its deletion before it succeeded, once per Job, and, when asked,
+//! each phase change of a pod (for Prefect's pod events). What a Job's end means
 //! for the flow run (is it still waiting for this Job, did it reschedule itself) is for the
 //! worker to find out from Prefect; [`crate::k8s::run::examine_runs`] reads what it needs.
 
-use crate::k8s::run::{job_end_of, JobEnd};
+use crate::k8s::run::{job_end_of, phase_change_of, JobEnd, PodPhaseChange};
 use crate::k8s::watch::FLOW_RUN_LABEL;
 use k8s_openapi::api::batch::v1::Job;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 // Each update of the bystander's state is one insert or remove: a poisoned lock is used as is.
 use std::sync::{Mutex, PoisonError};
@@ -23,6 +25,8 @@ use tokio::sync::mpsc;
 /// Jobs remembered as reported; beyond this the oldest are forgotten (a forgotten Job that is
 /// deleted later is reported again, and the worker finds its flow run final).
 const REMEMBERED_JOBS: usize = 50_000;
+/// Pods whose last phase is remembered at most.
+const REMEMBERED_PODS: usize = 50_000;
 /// Sightings per batch at most.
 const SIGHTINGS_PER_BATCH: usize = 64;
 /// How long a batch waits for more sightings after its first.
@@ -43,11 +47,27 @@ pub struct UnfollowedJobEnd {
     pub end: JobEnd,
 }
 
+/// A pod of a run nobody in this process follows changed phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfollowedPodChange {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The flow run's id.
+    pub flow_run_id: String,
+    /// The pod's Prefect labels (`prefect.io/...`: deployment, flow, names), for the event's
+    /// related resources.
+    pub labels: BTreeMap<String, String>,
+    /// The change.
+    pub change: PodPhaseChange,
+}
+
 /// What the bystander reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sighting {
     /// See [`UnfollowedJobEnd`].
     JobEnded(UnfollowedJobEnd),
+    /// See [`UnfollowedPodChange`].
+    PodChanged(UnfollowedPodChange),
 }
 
 /// What the worker wants to hear about.
@@ -56,6 +76,8 @@ pub struct ObserveOptions {
     /// Labels (name, value) an object must carry to be reported, besides the flow-run label
     /// (`..._OBSERVER_ADDITIONAL_LABEL_FILTERS`).
     pub label_filters: Vec<(String, String)>,
+    /// Report pods' phase changes (`..._OBSERVER_REPLICATE_POD_EVENTS`).
+    pub pod_events: bool,
 }
 
 /// The receiving end: sightings in batches.
@@ -88,6 +110,8 @@ struct Watching {
     /// Jobs whose end was reported (by uid), oldest first in `order`.
     reported: HashSet<String>,
     order: VecDeque<String>,
+    /// The last phase reported of each pod (by uid), while the pod exists.
+    pod_phases: HashMap<String, String>,
 }
 
 impl Watching {
@@ -141,6 +165,67 @@ impl Bystander {
         *watching = Watching::default();
     }
 
+    /// A pod event that no run subscribed to (`deleted`: its last state).
+    pub fn saw_pod(&self, namespace: &str, pod: &Pod, deleted: bool) {
+        if !self.enabled.load(Ordering::Acquire) {
+            return;
+        }
+        let meta = &pod.metadata;
+        let (Some(flow_run_id), Some(uid)) = (
+            meta.labels
+                .as_ref()
+                .and_then(|labels| labels.get(FLOW_RUN_LABEL)),
+            meta.uid.as_ref(),
+        ) else {
+            return;
+        };
+        let mut watching = self.watching.lock().unwrap_or_else(PoisonError::into_inner);
+        if !watching.options.pod_events || !watching.matches(meta.labels.as_ref()) {
+            return;
+        }
+        let change = phase_change_of(pod);
+        let last = if deleted {
+            watching.pod_phases.remove(uid)
+        } else {
+            if watching.pod_phases.len() >= REMEMBERED_PODS {
+                // Pods whose deletion was missed (a watch gap) would pile up: start afresh. At
+                // worst a phase is reported again, under the same event id.
+                watching.pod_phases.clear();
+            }
+            watching
+                .pod_phases
+                .insert(uid.clone(), change.phase.clone())
+        };
+        if last.as_deref() == Some(change.phase.as_str()) {
+            return;
+        }
+        let labels = meta
+            .labels
+            .iter()
+            .flatten()
+            .filter(|(name, _)| name.starts_with("prefect.io/"))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        let sighting = Sighting::PodChanged(UnfollowedPodChange {
+            namespace: namespace.to_owned(),
+            flow_run_id: flow_run_id.clone(),
+            labels,
+            change,
+        });
+        self.send(&watching, sighting);
+    }
+
+    fn send(&self, watching: &Watching, sighting: Sighting) {
+        let closed = watching
+            .sender
+            .as_ref()
+            .is_none_or(|sender| sender.send(sighting).is_err());
+        if closed {
+            // Nobody listens any more (the worker dropped its stream): stop looking.
+            self.enabled.store(false, Ordering::Release);
+        }
+    }
+
     /// A Job event that no run subscribed to (`deleted`: the Job is gone, this is its last
     /// state).
     pub fn saw_job(&self, namespace: &str, job: &Job, deleted: bool) {
@@ -186,14 +271,7 @@ impl Bystander {
                 .map(|time| time.0.to_string()),
             end,
         });
-        let closed = watching
-            .sender
-            .as_ref()
-            .is_none_or(|sender| sender.send(sighting).is_err());
-        if closed {
-            // Nobody listens any more (the worker dropped its stream): stop looking.
-            self.enabled.store(false, Ordering::Release);
-        }
+        self.send(&watching, sighting);
     }
 }
 
@@ -262,7 +340,10 @@ mod tests {
         bystander.saw_job("ns", &job("done", complete), true);
         let ends: Vec<(String, JobEnd)> = drain(&sightings)
             .into_iter()
-            .map(|Sighting::JobEnded(end)| (end.job_name, end.end))
+            .filter_map(|sighting| match sighting {
+                Sighting::JobEnded(end) => Some((end.job_name, end.end)),
+                Sighting::PodChanged(_) => None,
+            })
             .collect();
         assert_eq!(ends, vec![("job-running".into(), JobEnd::Deleted)]);
     }
@@ -272,11 +353,13 @@ mod tests {
         let bystander = Bystander::default();
         let sightings = bystander.observe(ObserveOptions {
             label_filters: vec![("team".into(), "ml".into())],
+            pod_events: false,
         });
         bystander.saw_job("ns", &job("a", failed()), false);
         assert!(drain(&sightings).is_empty());
         let sightings = bystander.observe(ObserveOptions {
             label_filters: vec![("team".into(), "data".into())],
+            pod_events: false,
         });
         bystander.saw_job("ns", &job("b", failed()), false);
         assert_eq!(drain(&sightings).len(), 1);
@@ -291,6 +374,59 @@ mod tests {
         assert_eq!(watching.reported.len(), REMEMBERED_JOBS);
         assert!(watching.remember("0"), "the oldest was forgotten");
         assert!(!watching.remember(&(REMEMBERED_JOBS + 9).to_string()));
+    }
+
+    fn pod(phase: &str, restarts: i32) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "job-a-x1", "uid": "p1",
+                         "labels": {FLOW_RUN_LABEL: "run-a", "prefect.io/deployment-id": "d1",
+                                    "job-name": "job-a"}},
+            "status": {"phase": phase, "containerStatuses": [{
+                "name": "prefect-job", "image": "i", "imageID": "", "ready": false,
+                "restartCount": restarts, "state": {"running": {}}}]},
+        }))
+        .unwrap()
+    }
+
+    fn pod_changes(sightings: &Sightings) -> Vec<(String, i32, BTreeMap<String, String>)> {
+        drain(sightings)
+            .into_iter()
+            .filter_map(|sighting| match sighting {
+                Sighting::PodChanged(change) => Some((
+                    change.change.phase,
+                    change.change.restart_count,
+                    change.labels,
+                )),
+                Sighting::JobEnded(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pod_phases_are_reported_once_each_with_the_prefect_labels_only_when_asked() {
+        let bystander = Bystander::default();
+        let quiet = bystander.observe(ObserveOptions::default());
+        bystander.saw_pod("ns", &pod("Running", 0), false);
+        assert!(pod_changes(&quiet).is_empty());
+
+        let sightings = bystander.observe(ObserveOptions {
+            label_filters: Vec::new(),
+            pod_events: true,
+        });
+        bystander.saw_pod("ns", &pod("Pending", 0), false);
+        bystander.saw_pod("ns", &pod("Running", 0), false);
+        bystander.saw_pod("ns", &pod("Running", 0), false);
+        bystander.saw_pod("ns", &pod("Failed", 1), false);
+        bystander.saw_pod("ns", &pod("Failed", 1), true);
+        let changes = pod_changes(&sightings);
+        let phases: Vec<(&str, i32)> = changes
+            .iter()
+            .map(|(phase, restarts, _)| (phase.as_str(), *restarts))
+            .collect();
+        assert_eq!(phases, vec![("Pending", 0), ("Running", 0), ("Failed", 1)]);
+        let labels: Vec<&String> = changes[0].2.keys().collect();
+        assert_eq!(labels, vec!["prefect.io/deployment-id", FLOW_RUN_LABEL]);
+        assert!(bystander.watching.lock().unwrap().pod_phases.is_empty());
     }
 
     #[test]

@@ -197,13 +197,15 @@ pub struct NamespaceWatch {
 }
 
 impl NamespaceWatch {
-    /// Starts both watchers (they open their watches in the background). Job events no run
+    /// Starts both watchers (they open their watches in the background). Events no run
     /// subscribed to go to `bystander`.
     pub fn start(client: Client, namespace: &str, bystander: Arc<Bystander>) -> Arc<Self> {
-        let owner = namespace.to_owned();
+        let (owner, jobs_bystander) = (namespace.to_owned(), bystander.clone());
         let unfollowed_jobs: Unfollowed<WatchedJob> =
-            Arc::new(move |job, deleted| bystander.saw_job(&owner, &job.0, deleted));
-        let unfollowed_pods: Unfollowed<WatchedPod> = Arc::new(|_, _| {});
+            Arc::new(move |job, deleted| jobs_bystander.saw_job(&owner, &job.0, deleted));
+        let owner = namespace.to_owned();
+        let unfollowed_pods: Unfollowed<WatchedPod> =
+            Arc::new(move |pod, deleted| bystander.saw_pod(&owner, &pod.0, deleted));
         Arc::new(NamespaceWatch {
             namespace: namespace.to_owned(),
             client: client.clone(),

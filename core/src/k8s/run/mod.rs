@@ -21,7 +21,7 @@ pub use examine::{crashed_run_log_tail, examine_runs, RunExamination, RunToExami
 pub use follower::{active_followers, follow_existing_run, follow_run};
 pub use kill::{kill_run, parse_pid_for, KillError};
 pub use start::{start_run, RunRequest, StartError, StartedRun};
-pub use state::{job_end_of, EndedPod, JobEnd, RunState, StartStatus, Waiting};
+pub use state::{job_end_of, phase_change_of, EndedPod, JobEnd, RunState, StartStatus, Waiting};
 pub use stream::RunEventStream;
 
 use std::time::Duration;
@@ -70,6 +70,8 @@ pub struct PodPhaseChange {
     pub evicted: bool,
     /// Why, when Kubernetes says (pod reason, or the flow container's terminated reason).
     pub reason: Option<String>,
+    /// How often the flow container was restarted (part of the event's identity).
+    pub restart_count: i32,
 }
 
 /// How a run ended.

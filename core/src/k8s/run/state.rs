@@ -171,24 +171,12 @@ impl RunState {
         let mut changes = Vec::new();
         for pod in self.pods.values() {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let phase = pod_phase(pod).to_owned();
-            if self.phases.get(&uid) == Some(&phase) {
+            let phase = pod_phase(pod);
+            if self.phases.get(&uid).map(String::as_str) == Some(phase) {
                 continue;
             }
-            self.phases.insert(uid.clone(), phase.clone());
-            let evicted = is_evicted(pod);
-            let reason = pod
-                .status
-                .as_ref()
-                .and_then(|status| status.reason.clone())
-                .or_else(|| flow_container(pod).and_then(terminated_reason));
-            changes.push(PodPhaseChange {
-                name: pod.metadata.name.clone().unwrap_or_default(),
-                uid,
-                phase,
-                evicted,
-                reason,
-            });
+            self.phases.insert(uid, phase.to_owned());
+            changes.push(phase_change_of(pod));
         }
         changes
     }
@@ -482,6 +470,23 @@ pub fn job_end_of(job: &Job) -> Option<JobEnd> {
         return Some(JobEnd::Failed("BackoffLimitExceeded".into()));
     }
     None
+}
+
+/// `pod` as a phase change: its phase now, whether it was evicted and why it is where it is.
+pub fn phase_change_of(pod: &Pod) -> PodPhaseChange {
+    let reason = pod
+        .status
+        .as_ref()
+        .and_then(|status| status.reason.clone())
+        .or_else(|| flow_container(pod).and_then(terminated_reason));
+    PodPhaseChange {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        phase: pod_phase(pod).to_owned(),
+        evicted: is_evicted(pod),
+        reason,
+        restart_count: flow_container(pod).map_or(0, |status| status.restart_count),
+    }
 }
 
 fn pod_phase(pod: &Pod) -> &str {
