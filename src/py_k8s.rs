@@ -529,6 +529,19 @@ pub struct PodPhaseChange {
     restart_count: i32,
 }
 
+impl From<run::PodPhaseChange> for PodPhaseChange {
+    fn from(change: run::PodPhaseChange) -> Self {
+        PodPhaseChange {
+            name: change.name,
+            uid: change.uid,
+            phase: change.phase,
+            evicted: change.evicted,
+            reason: change.reason,
+            restart_count: change.restart_count,
+        }
+    }
+}
+
 /// The run's end: the flow container's exit code (-1 when there is none) and what happened.
 #[pyclass(frozen, get_all, module = "prefect_kubernetes_rs._core")]
 pub struct RunFinished {
@@ -563,14 +576,7 @@ impl<'py> IntoPyObject<'py> for EventBatch {
                     },
                     text,
                 })?,
-                RunEvent::Pod(change) => list.append(PodPhaseChange {
-                    name: change.name,
-                    uid: change.uid,
-                    phase: change.phase,
-                    evicted: change.evicted,
-                    reason: change.reason,
-                    restart_count: change.restart_count,
-                })?,
+                RunEvent::Pod(change) => list.append(PodPhaseChange::from(change))?,
                 RunEvent::Finished(outcome) => list.append(RunFinished {
                     exit_code: outcome.exit_code,
                     message: outcome.message,

@@ -1,7 +1,7 @@
 //! Python classes of runs nobody follows: what the bystander reports, where a run's Job
 //! stands, and the pieces of a crashed run's log. (`ClusterHandle` in `py_k8s` has the calls.)
 
-use crate::py_k8s::next_or_stop;
+use crate::py_k8s::{next_or_stop, PodPhaseChange};
 use prefect_kubernetes_rs_core::k8s::observer::{Sighting, Sightings as CoreSightings};
 use prefect_kubernetes_rs_core::k8s::run::{JobEnd, RunExamination as CoreExamination};
 use pyo3::prelude::*;
@@ -40,13 +40,8 @@ pub struct UnfollowedPodChange {
     flow_run_id: String,
     /// The pod's `prefect.io/...` labels.
     labels: BTreeMap<String, String>,
-    name: String,
-    uid: String,
-    phase: String,
-    evicted: bool,
-    reason: Option<String>,
-    /// How often the flow container was restarted.
-    restart_count: i32,
+    /// The change, as a followed run's.
+    change: Py<PodPhaseChange>,
 }
 
 /// What the bystander reports, as an async iterator of batches.
@@ -81,12 +76,7 @@ impl<'py> IntoPyObject<'py> for SightingBatch {
                     namespace: changed.namespace,
                     flow_run_id: changed.flow_run_id,
                     labels: changed.labels,
-                    name: changed.change.name,
-                    uid: changed.change.uid,
-                    phase: changed.change.phase,
-                    evicted: changed.change.evicted,
-                    reason: changed.change.reason,
-                    restart_count: changed.change.restart_count,
+                    change: Py::new(py, PodPhaseChange::from(changed.change))?,
                 })?,
             }
         }

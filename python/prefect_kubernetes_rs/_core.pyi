@@ -344,17 +344,8 @@ class UnfollowedPodChange:
     def labels(self) -> dict[str, str]:
         """The pod's `prefect.io/...` labels."""
     @property
-    def name(self) -> str: ...
-    @property
-    def uid(self) -> str: ...
-    @property
-    def phase(self) -> str: ...
-    @property
-    def evicted(self) -> bool: ...
-    @property
-    def reason(self) -> str | None: ...
-    @property
-    def restart_count(self) -> int: ...
+    def change(self) -> PodPhaseChange:
+        """The change, as a followed run's."""
 
 @final
 class Sightings:

@@ -28,7 +28,7 @@ def pod_event_id(pod_uid: str, event_name: str, restart_count: int) -> UUID:
 
 
 def emit_pod_event(
-    change: _core.PodPhaseChange | _core.UnfollowedPodChange,
+    change: _core.PodPhaseChange,
     namespace: str,
     related: list[RelatedResource],
     follows: Event | None,
@@ -83,13 +83,11 @@ class UnfollowedPodEvents:
     def __init__(self) -> None:
         self._last: OrderedDict[str, Event] = OrderedDict()
 
-    def emit(self, change: _core.UnfollowedPodChange) -> None:
+    def emit(self, seen: _core.UnfollowedPodChange) -> None:
+        change = seen.change
         follows = self._last.pop(change.uid, None)
         emitted = emit_pod_event(
-            change,
-            change.namespace,
-            related_from_labels(change.flow_run_id, change.labels),
-            follows,
+            change, seen.namespace, related_from_labels(seen.flow_run_id, seen.labels), follows
         )
         if emitted is not None and change.phase not in ("Succeeded", "Failed"):
             self._last[change.uid] = emitted
