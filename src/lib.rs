@@ -181,10 +181,12 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<py_k8s::RunEvents>()?;
     module.add_class::<py_k8s::RunMessage>()?;
     module.add_class::<py_k8s::PodPhaseChange>()?;
+    module.add_class::<py_k8s::InfrastructureWaiting>()?;
     module.add_class::<py_k8s::RunFinished>()?;
     module.add_class::<py_observer::Sightings>()?;
     module.add_class::<py_observer::UnfollowedJobEnded>()?;
     module.add_class::<py_observer::UnfollowedPodChange>()?;
+    module.add_class::<py_observer::JobsMissed>()?;
     module.add_class::<py_observer::RunExamination>()?;
     // The defaults and limits of the job variables and settings, defined once, in the core.
     let constants: [(&str, u64); 8] = [

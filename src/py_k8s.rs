@@ -517,6 +517,13 @@ pub struct RunMessage {
     text: String,
 }
 
+/// The run waits for its infrastructure (pod Pending, Job suspended).
+#[pyclass(frozen, get_all, module = "prefect_kubernetes_rs._core")]
+pub struct InfrastructureWaiting {
+    /// Why, as a sentence for the flow run's state message.
+    why: String,
+}
+
 /// A pod of the run changed phase.
 #[pyclass(frozen, get_all, module = "prefect_kubernetes_rs._core")]
 pub struct PodPhaseChange {
@@ -577,6 +584,7 @@ impl<'py> IntoPyObject<'py> for EventBatch {
                     text,
                 })?,
                 RunEvent::Pod(change) => list.append(PodPhaseChange::from(change))?,
+                RunEvent::Waiting(why) => list.append(InfrastructureWaiting { why })?,
                 RunEvent::Finished(outcome) => list.append(RunFinished {
                     exit_code: outcome.exit_code,
                     message: outcome.message,

@@ -44,6 +44,13 @@ pub struct UnfollowedPodChange {
     change: Py<PodPhaseChange>,
 }
 
+/// The Job watch of a namespace lost its place (410 Gone) and started again from "now": a
+/// Job nobody follows may have ended unseen.
+#[pyclass(frozen, get_all, module = "prefect_kubernetes_rs._core")]
+pub struct JobsMissed {
+    namespace: String,
+}
+
 /// What the bystander reports, as an async iterator of batches.
 #[pyclass(frozen, module = "prefect_kubernetes_rs._core")]
 pub struct Sightings {
@@ -78,6 +85,7 @@ impl<'py> IntoPyObject<'py> for SightingBatch {
                     labels: changed.labels,
                     change: Py::new(py, PodPhaseChange::from(changed.change))?,
                 })?,
+                Sighting::JobsMissed { namespace } => list.append(JobsMissed { namespace })?,
             }
         }
         Ok(list)

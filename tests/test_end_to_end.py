@@ -273,39 +273,65 @@ async def test_cancelling_a_run_whose_pod_never_started_kills_its_job_through_th
     worker.wait_for_output(f"Deleted Kubernetes job {job!r} in namespace {namespace!r}")
 
 
-async def test_evicted_pod_with_backoff_limit_zero_reschedules_the_run_instead_of_crashing(
+async def test_evicted_pod_with_backoff_limit_zero_reschedules_the_run_and_no_worker_crashes_it(
     stack, worker, testbed, namespace
 ):
-    flow_run = await deploy_and_run(
-        stack,
-        "sleep_for",
-        parameters={"seconds": 300},
-        namespace=namespace,
-        backoff_limit=0,
-        annotations={SCRIPT + "evict-after-seconds": "25"},
+    """Two workers on the pool, both watching the run's namespace: whichever follows the run
+    sees the eviction and the reschedule and reports 0; the other sees a failed Job that
+    nobody of its own follows and, after its patience, leaves the rescheduled run alone."""
+    from prefect_kubernetes_rs.observer import RESCHEDULE_PATIENCE_SECONDS
+
+    second = stack.start_worker(
+        POOL,
+        kubeconfig=testbed.kubeconfig,
+        extra_env={"PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": namespace},
     )
-    await stack.wait_until_running(flow_run.id)
+    flow_run = None
+    try:
+        flow_run = await deploy_and_run(
+            stack,
+            "sleep_for",
+            parameters={"seconds": 300},
+            namespace=namespace,
+            backoff_limit=0,
+            annotations={SCRIPT + "evict-after-seconds": "25"},
+        )
+        await stack.wait_until_running(flow_run.id)
 
-    async def history() -> list[Any]:
-        async with stack.client() as client:
-            return await client.read_flow_run_states(flow_run.id)
+        async def history() -> list[str]:
+            async with stack.client() as client:
+                return [state.name for state in await client.read_flow_run_states(flow_run.id)]
 
-    deadline = time.monotonic() + 120
-    while True:
-        names = [state.name for state in await history()]
-        after_running = names[names.index("Running") + 1 :] if "Running" in names else []
-        if any(name in ("Scheduled", "Rescheduled", "AwaitingRetry") for name in after_running):
-            break
-        assert time.monotonic() < deadline, names
-        await asyncio.sleep(1)
-    assert "Crashed" not in names, names
-    worker.wait_for_output("The pod was evicted and the flow run rescheduled itself.")
-    assert "was evicted: The node was low on resource: memory." in worker.output()
-
-    # Every new attempt would be evicted again: end the run and its Jobs here.
-    async with stack.client() as client:
-        await client.set_flow_run_state(flow_run.id, Cancelled(), force=True)
-    testbed.kubectl("delete", "jobs", "-n", namespace, "--all", "--wait=false")
+        deadline = time.monotonic() + 120
+        while True:
+            names = await history()
+            after_running = names[names.index("Running") + 1 :] if "Running" in names else []
+            if any(name in ("Scheduled", "Rescheduled", "AwaitingRetry") for name in after_running):
+                break
+            assert time.monotonic() < deadline, names
+            await asyncio.sleep(1)
+        said = "The pod was evicted and the flow run rescheduled itself."
+        deadline = time.monotonic() + 60
+        while not any(said in each.output() for each in (worker, second)):
+            assert time.monotonic() < deadline, "the following worker reported the eviction"
+            await asyncio.sleep(1)
+        assert any(
+            "was evicted: The node was low on resource: memory." in each.output()
+            for each in (worker, second)
+        )
+        # Past the patience of the worker that did not follow the run (and of a next attempt's
+        # eviction): nobody crashed it.
+        await asyncio.sleep(RESCHEDULE_PATIENCE_SECONDS + 10)
+        assert "Crashed" not in await history()
+        for each in (worker, second):
+            assert f"Reported flow run '{flow_run.id}' as crashed" not in each.output()
+    finally:
+        stack.stop_worker(second)
+        # Every new attempt would be evicted again: end the run and its Jobs here.
+        if flow_run is not None:
+            async with stack.client() as client:
+                await client.set_flow_run_state(flow_run.id, Cancelled(), force=True)
+        testbed.kubectl("delete", "jobs", "-n", namespace, "--all", "--wait=false")
 
 
 def with_node_selector_variable(template: dict[str, Any]) -> dict[str, Any]:
@@ -382,6 +408,18 @@ async def test_pods_that_wait_for_a_node_or_an_image_complete_and_pods_that_cann
         )
         for name in ("invalid image", "no node"):
             await wait_until_gone(testbed, "jobs", namespace, runs[name].id)
+        # While a pod waited, Prefect showed why (as prefect-kubernetes 0.8 does), once per run.
+        async with stack.client() as client:
+            history = {
+                name: await client.read_flow_run_states(run.id) for name, run in runs.items()
+            }
+        for name in ("autoscaled", "no node"):
+            names = [state.name for state in history[name]]
+            (waiting,) = [state for state in history[name] if state.name == "InfrastructurePending"]
+            assert waiting.message.startswith("Kubernetes pod is pending: Unschedulable: "), name
+            assert names.index("Pending") < names.index("InfrastructurePending"), names
+        autoscaled = [state.name for state in history["autoscaled"]]
+        assert autoscaled.index("InfrastructurePending") < autoscaled.index("Running")
     finally:
         stack.stop_worker(pool_worker)
 
@@ -771,39 +809,54 @@ async def test_prefect_answering_503_to_steps_a_run_can_do_without_crashes_no_ru
 ):
     """Under a burst Prefect's API answers 503 until the client gives up (the base worker's
     flow-run label update then crashed runs before their Job existed). Here the worker reaches
-    Prefect through a proxy that answers 503 to every label update and to the first Pending
-    proposals: every run gets its one Job and completes."""
+    Prefect through a proxy that answers 503 to every label update, to the first Pending
+    proposals and to the first pid write: every run gets its one Job, its pid, and completes."""
     from testbed_support import fault_proxy_in_front_of
 
     pool = f"unavailable-{uuid.uuid4().hex[:6]}"
     await stack.create_pool(pool, KubernetesWorker.get_default_base_job_template())
-    deployment_id = await stack.deploy(
-        FLOWS, "flows.py:numbered_lines", pool, {"image": "local-process", "namespace": namespace}
-    )
+    # The flows reach Prefect directly: every request at the proxy is the worker's.
+    variables = {"image": "local-process", "namespace": namespace}
+    variables["env"] = {"PREFECT_API_URL": stack.api_url}
+    deployment_id = await stack.deploy(FLOWS, "flows.py:numbered_lines", pool, variables)
     flow_runs = [await stack.run_deployment(deployment_id, {"count": 1}) for _ in range(3)]
     origin = stack.api_url.removesuffix("/api")
     with fault_proxy_in_front_of(origin, tmp_path / "prefect-proxy.log") as proxy:
-        labels, pending = proxy.add_rules(
+        labels, pending, pid = proxy.add_rules(
             {"path": "/flow_runs/[^/]+/labels$", "action": "status", "code": 503},
             # Two answers per proposal (the client's first try and its one retry), for the first
             # two proposals.
             {"path": "/flow_runs/[^/]+/set_state$", "action": "status", "code": 503, "times": 4},
-        )
+            # The first pid write (PATCH of the flow run), tried and retried by the client.
+            # The first pid writes (PATCH of the flow run): 4 answers among 3 runs' writes of two
+            # tries each, so at least one write fails both of the client's tries.
+            {"verb": "patch", "path": "/flow_runs/[^/]+$", "action": "status", "code": 503,
+             "times": 4},
+        )  # fmt: skip
         worker = stack.start_worker(
             pool,
             kubeconfig=testbed.kubeconfig,
             extra_env={"PREFECT_API_URL": proxy.url + "/api", "PREFECT_CLIENT_MAX_RETRIES": "1"},
         )
         try:
-            finished = await stack.wait_for_state([run.id for run in flow_runs], timeout=240)
+            # A pid write asked again after 5 s may land after a short run's end.
+            finished = await stack.wait_for_state(
+                [run.id for run in flow_runs],
+                done=lambda run: run.state.is_final() and bool(run.infrastructure_pid),
+                timeout=240,
+            )
             assert sorted(run.state.name for run in finished.values()) == ["Completed"] * 3
             # Each label update was tried twice (the client's one retry), then given up.
-            assert proxy.applied([labels, pending]) == [6, 4]
+            assert proxy.applied([labels, pending, pid]) == [6, 4, 4]
             for flow_run in flow_runs:
                 assert len(objects(testbed, "jobs", namespace, flow_run.id)) == 1
+                (job,) = objects(testbed, "jobs", namespace, flow_run.id)
+                pid_of_run = finished[str(flow_run.id)].infrastructure_pid
+                assert pid_of_run.split(":")[-2:] == [namespace, job["metadata"]["name"]]
             output = worker.output()
             assert output.count("goes on without the labels") == 3
             assert "proposing Pending for flow run" in output
+            assert "writing infrastructure_pid of flow run" in output
             assert "Failed to submit flow run" not in output
         finally:
             stack.stop_worker(worker)
@@ -917,3 +970,63 @@ def test_demo_runs_succeed_fail_and_crash_as_they_should():
     for n in range(1, 6):
         assert f"sheep number {n} jumps the fence" in output
     assert "Process exited with status code: 3" in output
+
+
+# A worker's start, counted at the fault proxy: the cluster's uid, the namespace's two watches,
+# the runs in flight examined by label (a Job list and a pod list per batch of 50), and a run
+# followed again. What it may not cost: anything that grows with the namespace's history.
+START_REQUESTS_BOUND = 8
+
+
+async def test_thousands_of_old_jobs_cost_a_worker_start_and_a_run_nothing_more(stack, testbed):
+    """2,000 Prefect Jobs in the pool's namespace (a busy namespace's history): a worker that
+    starts (one run in flight to follow again) and then runs a flow makes exactly the API
+    requests it makes in a namespace holding only the followed Job. Nothing lists the history:
+    the watches start from now, runs in flight are read by label."""
+    from prefect.states import Running
+    from testbed_support import api_requests, create_prefect_job_history
+
+    async def start_and_run(history: int) -> tuple[dict, dict]:
+        namespace = f"history-{history}-{uuid.uuid4().hex[:6]}"
+        testbed.kubectl("create", "namespace", namespace)
+        template = copy.deepcopy(KubernetesWorker.get_default_base_job_template())
+        template["variables"]["properties"]["namespace"]["default"] = namespace
+        pool = f"history-{history}-{uuid.uuid4().hex[:6]}"
+        await stack.create_pool(pool, template)
+        # A run in flight whose worker is gone, on the Job `old-0` (it never starts a pod; the
+        # long pod timeout keeps the follower quiet while the counts are taken).
+        deployment_id = await stack.deploy(
+            FLOWS, "flows.py:numbered_lines", pool,
+            {"image": "local-process", "pod_watch_timeout_seconds": 600},
+        )  # fmt: skip
+        async with stack.client() as client:
+            in_flight = await client.create_flow_run_from_deployment(deployment_id)
+            await client.set_flow_run_state(in_flight.id, Running(), force=True)
+            await client.update_flow_run(in_flight.id, infrastructure_pid=f"{namespace}:old-0")
+        await create_prefect_job_history(testbed, namespace, history, first_run_id=in_flight.id)
+
+        testbed.proxy("POST", "/counts/reset")
+        worker = stack.start_worker(pool, kubeconfig=testbed.proxy_kubeconfig)
+        try:
+            worker.wait_for_output("Following Kubernetes job 'old-0'")
+            await asyncio.sleep(2)  # anything the start still had to ask
+            start = api_requests(testbed)
+            testbed.proxy("POST", "/counts/reset")
+            flow_run = await deploy_and_run(
+                stack, "numbered_lines", pool=pool, parameters={"count": 2}
+            )
+            assert (await final_state(stack, flow_run)).state.name == "Completed"
+            worker.wait_for_output(f"Job '{job_name(await final_state(stack, flow_run))}' "
+                                   "completed")  # fmt: skip
+            run = api_requests(testbed)
+        finally:
+            stack.stop_worker(worker)
+        return start, run
+
+    quiet_start, quiet_run = await start_and_run(1)
+    crowded_start, crowded_run = await start_and_run(2000)
+    assert crowded_start == quiet_start
+    assert crowded_run == quiet_run
+    assert sum(sum(verbs.values()) for verbs in crowded_start.values()) <= START_REQUESTS_BOUND, (
+        crowded_start
+    )

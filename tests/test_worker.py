@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
+import pytest
 from prefect.plugins import load_prefect_collections
 from prefect.workers.base import BaseWorker
 
@@ -134,3 +135,44 @@ async def test_an_evicted_run_that_never_reschedules_is_not_waited_for_forever(m
     client = ScriptedStates([Running()])
     assert await _evicted_run_check(monkeypatch, client) is False
     assert 2 <= client.calls <= 4
+
+
+@pytest.mark.parametrize(
+    ("current", "proposed"),
+    [("Pending", True), ("Submitting", True), ("Running", False), ("Scheduled", False),
+     ("Crashed", False), ("InfrastructurePending", False)],
+)  # fmt: skip
+async def test_infrastructure_pending_is_proposed_only_over_the_workers_own_pending(
+    current, proposed
+):
+    """A pod waiting for a node shows in Prefect as InfrastructurePending with the reason, but
+    only over the states the worker itself set before the Job (Pending, Submitting): never over
+    a state the run moved on from (Prefect itself refuses Running to Pending, not Scheduled or
+    a final state to Pending)."""
+    import uuid
+
+    from prefect.client.schemas.objects import FlowRun, State, StateType
+    from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
+
+    types = {"Pending": StateType.PENDING, "Submitting": StateType.PENDING,
+             "InfrastructurePending": StateType.PENDING, "Running": StateType.RUNNING,
+             "Scheduled": StateType.SCHEDULED, "Crashed": StateType.CRASHED}  # fmt: skip
+    run_id = uuid.uuid4()
+    asked: list[State] = []
+
+    class Client:
+        async def read_flow_run(self, flow_run_id: uuid.UUID) -> FlowRun:
+            state = State(type=types[current], name=current)
+            return FlowRun(id=flow_run_id, name="r", flow_id=uuid.uuid4(), state=state)
+
+        async def set_flow_run_state(self, flow_run_id, state, force=False):
+            asked.append(state)
+            return OrchestrationResult(state=state, status=SetStateStatus.ACCEPT, details={})
+
+    worker = KubernetesWorker(work_pool_name="pending-check")
+    worker._client = Client()  # type: ignore[assignment]
+    why = "Kubernetes pod is pending: Unschedulable: 0/3 nodes are available"
+    await worker._propose_infrastructure_pending(run_id, why)
+    assert [(state.name, state.message) for state in asked] == (
+        [("InfrastructurePending", why)] if proposed else []
+    )

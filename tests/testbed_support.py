@@ -7,6 +7,7 @@ fixture in `conftest.py` stops it even when tests fail.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -340,3 +342,42 @@ def fault_proxy_in_front_of(origin: str, log: Path) -> Iterator[HttpFaultProxy]:
         yield HttpFaultProxy(url=f"http://{ready['listen']}", control=f"http://{ready['control']}")
     finally:
         stop_processes([process])
+
+
+async def create_prefect_job_history(
+    testbed: Testbed, namespace: str, count: int, first_run_id: Any = None
+) -> None:
+    """`count` Prefect-labelled Jobs (`old-0`, `old-1`, ...) that run nothing (parallelism 0):
+    a namespace's history, which the worker must never list. `old-0` belongs to the flow run
+    `first_run_id` when given, the others to random ids."""
+    from kubernetes_asyncio import client, config
+
+    api_client = await config.new_client_from_config(config_file=str(testbed.kubeconfig))
+    async with api_client:
+        batch = client.BatchV1Api(api_client)
+        semaphore = asyncio.Semaphore(40)
+
+        def run_id(n: int) -> str:
+            return str(first_run_id) if n == 0 and first_run_id is not None else str(uuid.uuid4())
+
+        async def old_job(n: int) -> None:
+            async with semaphore:
+                await batch.create_namespaced_job(namespace, {
+                    "apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": f"old-{n}",
+                                 "labels": {"prefect.io/flow-run-id": run_id(n)}},
+                    "spec": {"parallelism": 0, "template": {"spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "prefect-job", "image": "x"}]}}},
+                })  # fmt: skip
+
+        await asyncio.gather(*[old_job(n) for n in range(count)])
+
+
+def api_requests(testbed: Testbed) -> dict[str, dict[str, int]]:
+    """The requests the fault proxy passed since its counts were reset, by path pattern and
+    verb, without pod logs (their count follows the flow's output)."""
+    patterns = testbed.proxy("GET", "/counts")["patterns"]
+    return {
+        pattern: dict(verbs) for pattern, verbs in patterns.items() if not pattern.endswith("/log")
+    }

@@ -22,6 +22,7 @@ __all__ = [
     "ClusterHandle",
     "KubernetesClients",
     "PodPhaseChange",
+    "InfrastructureWaiting",
     "RunEvents",
     "RunExamination",
     "RunFinished",
@@ -30,6 +31,7 @@ __all__ = [
     "StartedRun",
     "UnfollowedJobEnded",
     "UnfollowedPodChange",
+    "JobsMissed",
     "WatchStats",
     "__version__",
     "active_followers",
@@ -275,6 +277,15 @@ class RunMessage:
     def text(self) -> str: ...
 
 @final
+class InfrastructureWaiting:
+    """The run waits for its infrastructure (pod Pending, Job suspended); sent when the reason
+    changes."""
+
+    @property
+    def why(self) -> str:
+        """Why, as a sentence for the flow run's state message."""
+
+@final
 class PodPhaseChange:
     """A pod of the run changed phase."""
 
@@ -310,7 +321,9 @@ class RunEvents:
     before RunFinished arrives."""
 
     def __aiter__(self) -> RunEvents: ...
-    def __anext__(self) -> Awaitable[list[RunMessage | PodPhaseChange | RunFinished]]: ...
+    def __anext__(
+        self,
+    ) -> Awaitable[list[RunMessage | PodPhaseChange | InfrastructureWaiting | RunFinished]]: ...
     def close(self) -> None:
         """Stop following; the Job is left as it is."""
 
@@ -348,11 +361,21 @@ class UnfollowedPodChange:
         """The change, as a followed run's."""
 
 @final
+class JobsMissed:
+    """The Job watch of a namespace lost its place (410 Gone) and started again from "now": a
+    Job nobody follows may have ended unseen."""
+
+    @property
+    def namespace(self) -> str: ...
+
+@final
 class Sightings:
     """What the bystander reports: an async iterator of batches."""
 
     def __aiter__(self) -> Sightings: ...
-    def __anext__(self) -> Awaitable[list[UnfollowedJobEnded | UnfollowedPodChange]]: ...
+    def __anext__(
+        self,
+    ) -> Awaitable[list[UnfollowedJobEnded | UnfollowedPodChange | JobsMissed]]: ...
 
 @final
 class RunExamination:

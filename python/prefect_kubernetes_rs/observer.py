@@ -19,6 +19,10 @@ At start, the pool's runs that are Pending or Running with a pid on a cluster th
 reaches are read (their Jobs only, by label, in batches): those that ended while nobody watched
 are judged as above, the others are followed again (their log from now on, their end).
 
+When a namespace's Job watch loses its place (410 Gone) it starts again from "now": a Job that
+ended in the gap was not seen. The pool's runs in flight in that namespace are then read again
+the same way, and those whose Jobs ended are judged.
+
 The pods of runs nobody follows have their phase changes emitted as Prefect events too
 (`pod_events.py`), with the same deterministic ids as a following worker's.
 """
@@ -124,7 +128,7 @@ class EndedJob:
 
     cluster: _core.ClusterHandle
     namespace: str
-    flow_run_id: str
+    flow_run_id: UUID
     job_name: str
     # When the Job was created, when known: a reschedule after it means the run went on.
     created: datetime.datetime | None
@@ -140,6 +144,8 @@ class RunsNobodyFollows:
         self._observed: set[tuple[str, str]] = set()
         # Jobs being judged, so a Job seen failing and then deleted is judged once.
         self._judging: set[tuple[str, str]] = set()
+        # Namespaces being swept after a watch gap, by cluster.
+        self._sweeping: set[tuple[int, str]] = set()
         self._pod_events = UnfollowedPodEvents()
 
     @property
@@ -204,25 +210,82 @@ class RunsNobodyFollows:
                 if isinstance(ended, _core.UnfollowedPodChange):
                     self._pod_events.emit(ended)
                     continue
+                if isinstance(ended, _core.JobsMissed):
+                    self._spawn_sweep(cluster, ended.namespace)
+                    continue
+                try:
+                    flow_run_id = UUID(ended.flow_run_id)
+                except ValueError:
+                    continue  # a label that is not a flow run id: not a Prefect run's Job
                 created = (
                     datetime.datetime.fromisoformat(ended.created.replace("Z", "+00:00"))
                     if ended.created
                     else None
                 )
                 self._spawn_judge(
-                    cluster, ended.namespace, ended.flow_run_id, ended.job_name, created
+                    EndedJob(cluster, ended.namespace, flow_run_id, ended.job_name, created)
                 )
 
-    def _spawn_judge(
-        self,
-        cluster: _core.ClusterHandle,
-        namespace: str,
-        flow_run_id: str,
-        job_name: str,
-        created: datetime.datetime | None,
+    def _spawn_sweep(self, cluster: _core.ClusterHandle, namespace: str) -> None:
+        key = (id(cluster), namespace)
+        if key in self._sweeping or self._task_group is None:
+            return
+        self._sweeping.add(key)
+        self._task_group.start_soon(self._sweep_guarded, cluster, namespace, key)
+
+    async def _sweep_guarded(
+        self, cluster: _core.ClusterHandle, namespace: str, key: tuple[int, str]
     ) -> None:
-        ended = EndedJob(cluster, namespace, flow_run_id, job_name, created)
-        key = (namespace, job_name)
+        try:
+            await self.sweep(cluster, namespace)
+        except Exception:
+            self._logger.exception(
+                "Could not look for runs whose Jobs ended unseen in namespace %r", namespace
+            )
+        finally:
+            self._sweeping.discard(key)
+
+    async def sweep(self, cluster: _core.ClusterHandle, namespace: str) -> None:
+        """After the Job watch of `namespace` lost its place: the pool's runs in flight there
+        that nobody here follows are read by label (batches of 50 per Job list and pod list)
+        and those whose Jobs ended unseen are judged. Runs still running are left to whoever
+        follows them."""
+        candidates: list[tuple[FlowRun, str]] = []
+        for flow_run in await self._runs_in_flight():
+            if flow_run.id in self._worker._following:
+                continue
+            try:
+                cluster_uid, pid_namespace, job_name = _core.parse_infrastructure_pid(
+                    flow_run.infrastructure_pid or ""
+                )
+            except InvalidPidError:
+                continue
+            if pid_namespace != namespace:
+                continue
+            if cluster_uid is not None and not await _same_cluster(cluster, cluster_uid):
+                continue
+            candidates.append((flow_run, job_name))
+        if not candidates:
+            return
+        examinations = await cluster.examine_runs(
+            namespace=namespace,
+            runs=[(str(flow_run.id), job_name) for flow_run, job_name in candidates],
+        )
+        ended = 0
+        for (flow_run, job_name), examination in zip(candidates, examinations, strict=True):
+            if examination.end in ("failed", "deleted"):
+                ended += 1
+                self._spawn_judge(EndedJob(cluster, namespace, flow_run.id, job_name, None))
+        self._logger.info(
+            "The Job watch of namespace %r missed a stretch: %d of the pool's runs in flight "
+            "there read again, %d ended unseen",
+            namespace,
+            len(candidates),
+            ended,
+        )
+
+    def _spawn_judge(self, ended: EndedJob) -> None:
+        key = (ended.namespace, ended.job_name)
         if key in self._judging or self._task_group is None:
             return
         self._judging.add(key)
@@ -237,46 +300,70 @@ class RunsNobodyFollows:
             self._judging.discard((ended.namespace, ended.job_name))
 
     async def judge(self, ended: EndedJob) -> None:
-        """Propose Crashed for the flow run whose Job `job_name` ended unfollowed, unless the
-        run went on without it (see the module's description)."""
-        cluster, namespace, flow_run_id, job_name, created = (
-            ended.cluster,
-            ended.namespace,
-            ended.flow_run_id,
-            ended.job_name,
-            ended.created,
-        )
-        run_id = UUID(flow_run_id)
-        if run_id in self._worker._following:
+        """Propose Crashed for the flow run whose Job ended unfollowed, unless the run went on
+        without it (see the module's description).
+
+        The flow run's state is looked at every `_LOOK_INTERVAL_SECONDS` during the patience
+        (a final, rescheduled or re-followed run ends it early); the Job and its pods are read
+        twice only: at once (the exit code, while the pod is still there) and before proposing
+        (another Job of the run may have started meanwhile)."""
+        if ended.flow_run_id in self._worker._following:
+            return
+        first = await self._examine(ended)
+        if first is None:
             return
         give_up_waiting_at = time.monotonic() + RESCHEDULE_PATIENCE_SECONDS
         while True:
-            try:
-                flow_run = await self._client.read_flow_run(run_id)
-            except ObjectNotFound:
-                return
-            state = flow_run.state
-            if state is None or state.is_final() or state.is_scheduled() or state.is_paused():
-                return
-            if state.is_cancelling():
-                return
-            if flow_run.infrastructure_pid and not _pid_names(
-                flow_run.infrastructure_pid, namespace, job_name
-            ):
-                return
-            (examination,) = await cluster.examine_runs(
-                namespace=namespace, runs=[(flow_run_id, job_name)]
-            )
-            if examination.end in (None, "complete") or examination.other_job_alive:
-                return
-            if created is not None and await rescheduled_since(self._client, run_id, created):
+            flow_run = await self._run_still_in_question(ended)
+            if flow_run is None:
                 return
             if time.monotonic() >= give_up_waiting_at:
                 break
             await asyncio.sleep(_LOOK_INTERVAL_SECONDS)
+        last = await self._examine(ended)
+        if last is None:
+            return
+        if ended.created is not None and await rescheduled_since(
+            self._client, ended.flow_run_id, ended.created
+        ):
+            return
+        # The first look saw the pod; by now a TTL or a user may have deleted it.
+        telling = first if first.exit_code not in (None, -1) else last
         await self.propose_crashed(
-            flow_run, crash_message(job_name, examination), cluster, namespace, job_name
+            flow_run,
+            crash_message(ended.job_name, telling),
+            ended.cluster,
+            ended.namespace,
+            ended.job_name,
         )
+
+    async def _examine(self, ended: EndedJob) -> _core.RunExamination | None:
+        """The Job's end, or None when the run has another Job alive or the Job did not end
+        badly after all."""
+        (examination,) = await ended.cluster.examine_runs(
+            namespace=ended.namespace, runs=[(str(ended.flow_run_id), ended.job_name)]
+        )
+        if examination.end in (None, "complete") or examination.other_job_alive:
+            return None
+        return examination
+
+    async def _run_still_in_question(self, ended: EndedJob) -> FlowRun | None:
+        """The flow run if its state still says it runs on the ended Job; None when it is
+        gone, final, Scheduled, Paused, Cancelling, or its pid names another Job."""
+        try:
+            flow_run = await self._client.read_flow_run(ended.flow_run_id)
+        except ObjectNotFound:
+            return None
+        state = flow_run.state
+        if state is None or state.is_final() or state.is_scheduled() or state.is_paused():
+            return None
+        if state.is_cancelling():
+            return None
+        if flow_run.infrastructure_pid and not _pid_names(
+            flow_run.infrastructure_pid, ended.namespace, ended.job_name
+        ):
+            return None
+        return flow_run
 
     async def propose_crashed(
         self,
@@ -423,7 +510,7 @@ class RunsNobodyFollows:
                         self._follow_again, cluster, namespace, flow_run, job_name, configuration
                     )
                 elif examination.end != "complete":
-                    self._spawn_judge(cluster, namespace, str(flow_run.id), job_name, None)
+                    self._spawn_judge(EndedJob(cluster, namespace, flow_run.id, job_name, None))
         self._logger.info(
             "Runs in flight at start: %d read, %d on this worker's clusters",
             len(runs),
@@ -495,12 +582,12 @@ class RunsNobodyFollows:
                 job_name,
                 namespace,
             )
-            outcome = await self._worker._report(events, configuration, logger)
+            outcome = await self._worker._report(events, flow_run.id, configuration, logger)
         finally:
             events.close()
             self._worker._following.discard(flow_run.id)
         if outcome.exit_code != 0:
-            self._spawn_judge(cluster, namespace, str(flow_run.id), job_name, None)
+            self._spawn_judge(EndedJob(cluster, namespace, flow_run.id, job_name, None))
 
 
 def _pid_names(pid: str, namespace: str, job_name: str) -> bool:

@@ -26,7 +26,7 @@ import datetime
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 from uuid import UUID
 
 import anyio.abc
@@ -41,6 +41,7 @@ from prefect.exceptions import (
 from prefect.settings.context import get_current_settings
 from prefect.utilities.collections import deep_merge, set_in_dict
 from prefect.utilities.dockerutils import get_prefect_image_name
+from prefect.utilities.engine import propose_state
 from prefect.utilities.templating import resolve_block_document_references, resolve_variables
 from prefect.workers.base import (
     BaseJobConfiguration,
@@ -66,6 +67,7 @@ from prefect_kubernetes_rs.observer import (
     rescheduled_since,
 )
 from prefect_kubernetes_rs.pod_events import emit_pod_event
+from prefect_kubernetes_rs.prefect_api import PatientPrefectClient
 from prefect_kubernetes_rs.settings import current_settings
 
 if TYPE_CHECKING:
@@ -440,7 +442,7 @@ class KubernetesWorker(
         # forwards the flow container's last lines).
         self._ended_jobs: dict[UUID, tuple[_core.ClusterHandle, str, str]] = {}
         self._runs_nobody_follows = RunsNobodyFollows(self)
-        self._observer_tasks: anyio.abc.TaskGroup | None = None
+        self._background_tasks: anyio.abc.TaskGroup | None = None
 
     @property
     def _created_secrets(self) -> list[tuple[str, str]]:
@@ -451,22 +453,26 @@ class KubernetesWorker(
 
     async def setup(self) -> None:
         await super().setup()
+        # The Pending proposal and the pid write are asked again while Prefect is unavailable.
+        self._client = cast("PrefectClient", PatientPrefectClient(self.client, self._logger))
         # Its own task group, entered last so it is left first: it never ends by itself.
         tasks = anyio.create_task_group()
         await self._exit_stack.enter_async_context(tasks)
-        self._observer_tasks = tasks
+        self._background_tasks = tasks
         await self._runs_nobody_follows.start(tasks)
 
     async def teardown(self, *exc_info: Any) -> None:
-        if self._observer_tasks is not None:
-            self._observer_tasks.cancel_scope.cancel()
-            self._observer_tasks = None
+        if self._background_tasks is not None:
+            self._background_tasks.cancel_scope.cancel()
+            self._background_tasks = None
         await super().teardown(*exc_info)
         await self.close_kubernetes()
 
     async def close_kubernetes(self) -> None:
         """Stop the watchers and close the connections."""
         self._clusters_used.clear()
+        # A handle kept here would keep its client's pooled connections open.
+        self._ended_jobs.clear()
         await self._kubernetes.close()
 
     async def _cluster(
@@ -565,7 +571,7 @@ class KubernetesWorker(
             )
             if task_status is not None:
                 task_status.started(started.pid)
-            outcome = await self._report(events, configuration, logger)
+            outcome = await self._report(events, flow_run.id, configuration, logger)
         finally:
             events.close()
         status_code = outcome.exit_code
@@ -596,64 +602,6 @@ class KubernetesWorker(
                 error,
             )
 
-    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
-        """Propose Pending, as the base worker does; when Prefect's API is unavailable (503, or
-        refused connections, after the client's own retries) try again, a few times with
-        back-off: the proposal was not applied, and without it the run is not submitted now."""
-        for pause in (*_PENDING_RETRY_PAUSES_SECONDS, None):
-            try:
-                return await self._propose_pending_state_once(flow_run)
-            except _PrefectUnavailable as error:
-                if pause is None:
-                    self.get_flow_run_logger(flow_run).error(
-                        "Failed to update state of flow run '%s': %s", flow_run.id, error.cause
-                    )
-                    return False
-                self._logger.warning(
-                    "Prefect's API is unavailable (%s); proposing Pending for flow run %s again "
-                    "in %s s",
-                    error.cause,
-                    flow_run.id,
-                    pause,
-                )
-                await asyncio.sleep(pause)
-        return False
-
-    async def _propose_pending_state_once(self, flow_run: FlowRun) -> bool:
-        # The base class's proposal catches every error itself: ask with the same steps, and
-        # let "unavailable" through to be retried.
-        import httpx
-        from prefect.exceptions import Abort
-        from prefect.states import Pending
-        from prefect.utilities.engine import propose_state
-
-        run_logger = self.get_flow_run_logger(flow_run)
-        try:
-            state = await propose_state(self.client, Pending(), flow_run_id=flow_run.id)
-        except Abort as exc:
-            run_logger.info(
-                f"Aborted submission of flow run '{flow_run.id}'. Server sent an abort "
-                f"signal: {exc}"
-            )
-            return False
-        except httpx.HTTPStatusError as error:
-            if error.response.status_code == 503:
-                raise _PrefectUnavailable(error) from error
-            run_logger.exception(f"Failed to update state of flow run '{flow_run.id}'")
-            return False
-        except httpx.ConnectError as error:
-            raise _PrefectUnavailable(error) from error
-        except Exception:
-            run_logger.exception(f"Failed to update state of flow run '{flow_run.id}'")
-            return False
-        if not state.is_pending():
-            run_logger.info(
-                f"Aborted submission of flow run '{flow_run.id}': Server returned a non-pending "
-                f"state {state.type.value!r}"
-            )
-            return False
-        return True
-
     async def _propose_crashed_state(
         self, flow_run: FlowRun, message: str, client: PrefectClient | None = None
     ) -> None:
@@ -667,25 +615,68 @@ class KubernetesWorker(
     async def _report(
         self,
         events: _core.RunEvents,
+        flow_run_id: UUID,
         configuration: KubernetesWorkerJobConfiguration,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
     ) -> _core.RunFinished:
-        """Log messages, emit pod events; return the run's end. (The flow's log lines are
-        printed on stdout by the Rust core, all of them before the end arrives.)"""
+        """Log messages, emit pod events, tell Prefect the run waits for its infrastructure;
+        return the run's end. (The flow's log lines are printed on stdout by the Rust core, all
+        of them before the end arrives.)"""
         last_event: Event | None = None
         related = self._event_related_resources(configuration=configuration, include_self=True)
         replicate_pod_events = current_settings().observer.replicate_pod_events
-        async for batch in events:
-            for event in batch:
-                if isinstance(event, _core.RunMessage):
-                    logger.log(_LOG_LEVELS[event.level], event.text)
-                elif isinstance(event, _core.PodPhaseChange):
-                    if not replicate_pod_events:
-                        continue
-                    last_event = emit_pod_event(event, configuration.namespace, related, last_event)
-                else:
-                    return event
+        # The InfrastructurePending proposal runs beside the follow, but the run's end waits for
+        # it: a late proposal must not land over the Crashed that follows a failed start
+        # (Prefect accepts Crashed -> Pending). Once per run: Prefect keeps one (a second, even
+        # with a new reason, is refused as a Pending-to-Pending transition). Without a Prefect
+        # client (a worker not set up) there is no one to tell.
+        proposal: asyncio.Task[None] | None = None
+        try:
+            async for batch in events:
+                for event in batch:
+                    if isinstance(event, _core.RunMessage):
+                        logger.log(_LOG_LEVELS[event.level], event.text)
+                    elif isinstance(event, _core.PodPhaseChange):
+                        if not replicate_pod_events:
+                            continue
+                        last_event = emit_pod_event(
+                            event, configuration.namespace, related, last_event
+                        )
+                    elif isinstance(event, _core.InfrastructureWaiting):
+                        if proposal is None and self._client is not None:
+                            proposal = asyncio.create_task(
+                                self._propose_infrastructure_pending(flow_run_id, event.why)
+                            )
+                    else:
+                        if proposal is not None:
+                            await proposal
+                        return event
+        finally:
+            if proposal is not None and not proposal.done():
+                proposal.cancel()
         raise InfrastructureError("Lost track of the Kubernetes job before it finished.")
+
+    async def _propose_infrastructure_pending(self, flow_run_id: UUID, why: str) -> None:
+        """Show in Prefect that the run waits for its pod (Unschedulable, image pull, ...), as
+        prefect-kubernetes 0.8 does: `InfrastructurePending`, with the reason. Only over the
+        worker's own Pending or Submitting: never over a state the run moved on from (Running,
+        Scheduled again, final); Prefect refuses Running, Cancelling and Cancelled to Pending
+        itself, should the engine start between the look and the proposal."""
+        from prefect.states import InfrastructurePending
+
+        try:
+            with anyio.fail_after(_INFRASTRUCTURE_PENDING_TIMEOUT_SECONDS):
+                flow_run = await self.client.read_flow_run(flow_run_id)
+                state = flow_run.state
+                if state is None or state.name not in _WORKERS_PENDING_STATES:
+                    return
+                await propose_state(
+                    self.client, InfrastructurePending(message=why), flow_run_id=flow_run_id
+                )
+        except Exception as error:  # an Abort or a refusal included: the run goes on as it is
+            self._logger.debug(
+                "InfrastructurePending not proposed for flow run %s: %s", flow_run_id, error
+            )
 
     async def _was_rescheduled(self, flow_run: FlowRun, since: datetime.datetime) -> bool:
         """Did the flow run put itself back to Scheduled after `since` (this Job's creation)?
@@ -729,18 +720,10 @@ class KubernetesWorker(
         self._logger.info("Deleted Kubernetes job %r in namespace %r", job_name, namespace)
 
 
-# Pauses before the Pending proposal is tried again while Prefect's API is unavailable (the
-# client has already retried a 503 five times, about a minute, before each of these).
-_PENDING_RETRY_PAUSES_SECONDS = (5, 15, 30)
-
-
-class _PrefectUnavailable(Exception):
-    """Prefect's API answered 503 or refused the connection: the request was not applied."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
+# The Pending-type states the worker itself puts a run in before its Job exists.
+_WORKERS_PENDING_STATES = ("Pending", "Submitting")
+# A look at the run's state and one proposal; Prefect's client retries within it.
+_INFRASTRUCTURE_PENDING_TIMEOUT_SECONDS = 30.0
 
 _LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

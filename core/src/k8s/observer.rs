@@ -68,6 +68,12 @@ pub enum Sighting {
     JobEnded(UnfollowedJobEnd),
     /// See [`UnfollowedPodChange`].
     PodChanged(UnfollowedPodChange),
+    /// The Job watch of this namespace lost its place (410 Gone) and started again from "now":
+    /// a Job nobody follows may have ended unseen in between. (Followed runs were read again.)
+    JobsMissed {
+        /// The namespace.
+        namespace: String,
+    },
 }
 
 /// What the worker wants to hear about.
@@ -226,6 +232,20 @@ impl Bystander {
         }
     }
 
+    /// The Job watch of `namespace` lost its place: what ended meanwhile was not seen.
+    pub fn missed_jobs(&self, namespace: &str) {
+        if !self.enabled.load(Ordering::Acquire) {
+            return;
+        }
+        let watching = self.watching.lock().unwrap_or_else(PoisonError::into_inner);
+        self.send(
+            &watching,
+            Sighting::JobsMissed {
+                namespace: namespace.to_owned(),
+            },
+        );
+    }
+
     /// A Job event that no run subscribed to (`deleted`: the Job is gone, this is its last
     /// state).
     pub fn saw_job(&self, namespace: &str, job: &Job, deleted: bool) {
@@ -309,6 +329,20 @@ mod tests {
     }
 
     #[test]
+    fn a_watch_gap_is_told_while_observing() {
+        let bystander = Bystander::default();
+        bystander.missed_jobs("before");
+        let sightings = bystander.observe(ObserveOptions::default());
+        bystander.missed_jobs("ns");
+        assert_eq!(
+            drain(&sightings),
+            vec![Sighting::JobsMissed {
+                namespace: "ns".into()
+            }]
+        );
+    }
+
+    #[test]
     fn a_failure_is_reported_once_and_its_deletion_not_again() {
         let bystander = Bystander::default();
         let sightings = bystander.observe(ObserveOptions::default());
@@ -342,7 +376,7 @@ mod tests {
             .into_iter()
             .filter_map(|sighting| match sighting {
                 Sighting::JobEnded(end) => Some((end.job_name, end.end)),
-                Sighting::PodChanged(_) => None,
+                Sighting::PodChanged(_) | Sighting::JobsMissed { .. } => None,
             })
             .collect();
         assert_eq!(ends, vec![("job-running".into(), JobEnd::Deleted)]);
@@ -397,7 +431,7 @@ mod tests {
                     change.change.restart_count,
                     change.labels,
                 )),
-                Sighting::JobEnded(_) => None,
+                Sighting::JobEnded(_) | Sighting::JobsMissed { .. } => None,
             })
             .collect()
     }

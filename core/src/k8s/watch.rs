@@ -67,6 +67,8 @@ type Subscribers<K> =
 
 /// Where an event that no run subscribed to goes: `(object, deleted)`.
 type Unfollowed<K> = Arc<dyn Fn(&K, bool) + Send + Sync>;
+/// Told when the watch lost its place and started again from "now" (events may be missed).
+type Gap = Arc<dyn Fn() + Send + Sync>;
 
 /// Counters a test or benchmark can read to see what the watchers cost.
 #[derive(Debug, Default)]
@@ -113,6 +115,7 @@ where
         namespace: &str,
         kind: &'static str,
         unfollowed: Unfollowed<K>,
+        gap: Gap,
     ) -> Self {
         let subscribers: Subscribers<K> = Arc::default();
         let (ready_tx, ready) = watch::channel(WatchState::Starting);
@@ -124,6 +127,7 @@ where
             Routes {
                 subscribers: subscribers.clone(),
                 unfollowed,
+                gap,
             },
             ready_tx,
             stats.clone(),
@@ -203,14 +207,19 @@ impl NamespaceWatch {
         let (owner, jobs_bystander) = (namespace.to_owned(), bystander.clone());
         let unfollowed_jobs: Unfollowed<WatchedJob> =
             Arc::new(move |job, deleted| jobs_bystander.saw_job(&owner, &job.0, deleted));
+        let (owner, gap_bystander) = (namespace.to_owned(), bystander.clone());
+        let jobs_gap: Gap = Arc::new(move || gap_bystander.missed_jobs(&owner));
         let owner = namespace.to_owned();
         let unfollowed_pods: Unfollowed<WatchedPod> =
             Arc::new(move |pod, deleted| bystander.saw_pod(&owner, &pod.0, deleted));
+        // A pod phase missed in a gap is one event fewer; a Job's end missed is a run left
+        // unended, so only the Job watch's gaps are told.
+        let pods_gap: Gap = Arc::new(|| {});
         Arc::new(NamespaceWatch {
             namespace: namespace.to_owned(),
             client: client.clone(),
-            jobs: SharedWatch::start(client.clone(), namespace, "jobs", unfollowed_jobs),
-            pods: SharedWatch::start(client, namespace, "pods", unfollowed_pods),
+            jobs: SharedWatch::start(client.clone(), namespace, "jobs", unfollowed_jobs, jobs_gap),
+            pods: SharedWatch::start(client, namespace, "pods", unfollowed_pods, pods_gap),
             next_id: AtomicU64::new(1),
         })
     }
@@ -317,6 +326,7 @@ fn route_key<K: Resource>(object: &K) -> Option<String> {
 struct Routes<K> {
     subscribers: Subscribers<K>,
     unfollowed: Unfollowed<K>,
+    gap: Gap,
 }
 
 fn deliver<K: Resource + Clone>(routes: &Routes<K>, object: &K, deleted: bool) {
@@ -405,6 +415,7 @@ async fn watch_loop<K>(
                 backoff.wait().await;
                 continue;
             }
+            (routes.gap)();
         }
         first = false;
         let _ = ready.send(WatchState::Ready);

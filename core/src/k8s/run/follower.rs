@@ -142,6 +142,10 @@ impl RunFollower {
         let _ = self.events.send(RunEvent::Message(level, text)).await;
     }
 
+    async fn waiting(&self, why: String) {
+        let _ = self.events.send(RunEvent::Waiting(why)).await;
+    }
+
     /// Takes the next event of the run into `state`; false when the watchers are gone.
     async fn next_event(
         &mut self,
@@ -206,6 +210,10 @@ impl RunFollower {
                             ),
                         )
                         .await;
+                        self.waiting(format!(
+                            "Kubernetes job '{job}' is suspended (queued, e.g. by Kueue)"
+                        ))
+                        .await;
                     }
                 }
                 StartStatus::Pending(waiting) => {
@@ -217,6 +225,8 @@ impl RunFollower {
                                 format!("Job '{job}': pod is Pending ({waiting})"),
                             )
                             .await;
+                            self.waiting(format!("Kubernetes pod is pending: {waiting}"))
+                                .await;
                         }
                     }
                     if waiting.as_ref().is_some_and(Waiting::is_unschedulable) {

@@ -93,6 +93,9 @@ pub enum RunEvent {
     Message(Level, String),
     /// A pod changed phase.
     Pod(PodPhaseChange),
+    /// The run waits for its infrastructure, and why: its pod is Pending (with the reason), or
+    /// its Job is suspended (queued). Sent when the reason changes, as the log message is.
+    Waiting(String),
     /// The end; nothing follows.
     Finished(RunOutcome),
 }
