@@ -453,7 +453,8 @@ class KubernetesWorker(
 
     async def setup(self) -> None:
         await super().setup()
-        # The Pending proposal and the pid write are asked again while Prefect is unavailable.
+        # State proposals (Pending, Crashed, ...) and the pid write are asked again while
+        # Prefect's API answers 503 or refuses connections (`prefect_api.py`).
         self._client = cast("PrefectClient", PatientPrefectClient(self.client, self._logger))
         # Its own task group, entered last so it is left first: it never ends by itself.
         tasks = anyio.create_task_group()
