@@ -103,6 +103,21 @@ fn validate_job_manifest<'py>(
     to_py(py, &job_manifest)
 }
 
+/// Applies a deployment's `job_manifest_patches` (RFC 6902 operations) to a rendered manifest;
+/// returns the patched manifest.
+#[pyfunction]
+fn apply_job_manifest_patches<'py>(
+    py: Python<'py>,
+    job_manifest: &Bound<'py, PyAny>,
+    patches: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut job_manifest = to_value(job_manifest, "job_manifest")?;
+    let patches = to_value(patches, manifest::JOB_MANIFEST_PATCHES)?;
+    manifest::apply_job_manifest_patches(&mut job_manifest, &patches)
+        .map_err(|error| manifest_error(py, error))?;
+    to_py(py, &job_manifest)
+}
+
 /// Prepares a validated manifest for one flow run; returns `(manifest, env)`. `env` is the
 /// environment after Prefect's merge; `env_list` the `env` job variable when it is a list of
 /// Kubernetes entries.
@@ -220,6 +235,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("PREFECT_CONTAINER", manifest::PREFECT_CONTAINER)?;
     module.add_function(wrap_pyfunction!(render_template, module)?)?;
     module.add_function(wrap_pyfunction!(validate_job_manifest, module)?)?;
+    module.add_function(wrap_pyfunction!(apply_job_manifest_patches, module)?)?;
+    module.add("JOB_MANIFEST_PATCHES", manifest::JOB_MANIFEST_PATCHES)?;
     module.add_function(wrap_pyfunction!(prepare_job_manifest, module)?)?;
     module.add_function(wrap_pyfunction!(default_job_manifest_template, module)?)?;
     module.add_function(wrap_pyfunction!(slugify_name, module)?)?;

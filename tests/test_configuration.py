@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
+from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -228,3 +231,81 @@ async def test_one_mebibyte_of_env_arrives_whole(flow_run):
     env = configuration.job_manifest["spec"]["template"]["spec"]["containers"][0]["env"]
     sent = [entry for entry in env if entry["name"].startswith("VAR_")]
     assert sent == [{"name": name, "value": value} for name, value in big.items()]
+
+
+def readme_patches_variable() -> dict:
+    """The `job_manifest_patches` variable as the README tells pool admins to paste it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for block in re.findall(r"```json\n(.*?)```", readme, flags=re.S):
+        try:
+            parsed = json.loads("{" + block.strip().rstrip(",") + "}")
+        except json.JSONDecodeError:
+            continue
+        if "job_manifest_patches" in parsed:
+            return parsed["job_manifest_patches"]
+    raise AssertionError("the README shows no job_manifest_patches variable")
+
+
+def template_with_patches() -> dict:
+    template = copy.deepcopy(TEMPLATE)
+    template["variables"]["properties"]["job_manifest_patches"] = readme_patches_variable()
+    return template
+
+
+GPU_PATCHES = [
+    {"op": "add", "path": "/spec/template/spec/tolerations", "value": [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    {"op": "add", "path": "/spec/template/spec/volumes", "value": [
+        {"name": "scratch", "emptyDir": {}}]},
+    {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts", "value": [
+        {"name": "scratch", "mountPath": "/scratch"}]},
+    {"op": "add", "path": "/spec/template/spec/nodeSelector", "value": {"pool": "gpu"}},
+]  # fmt: skip
+
+
+async def test_a_deployments_patches_land_in_its_job_when_the_pool_declares_them(flow_run):
+    configuration = await render({"job_manifest_patches": GPU_PATCHES}, template_with_patches())
+    configuration.prepare_for_flow_run(flow_run)
+    pod = configuration.job_manifest["spec"]["template"]["spec"]
+    assert pod["tolerations"] == GPU_PATCHES[0]["value"]
+    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {}}]
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    (container,) = pod["containers"]
+    assert container["volumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"}]
+    assert {"name": "PREFECT__FLOW_RUN_ID", "value": str(flow_run.id)} in container["env"]
+    # The variable's default (no patches) leaves the Job as the template makes it.
+    plain = await render({}, template_with_patches())
+    assert plain.job_manifest == (await render({})).job_manifest
+
+
+async def test_patches_do_nothing_where_the_pool_does_not_declare_them():
+    """The template decides what deployments may change: without the variable, none."""
+    configuration = await render({"job_manifest_patches": GPU_PATCHES})
+    assert "nodeSelector" not in configuration.job_manifest["spec"]["template"]["spec"]
+    assert configuration.job_manifest == (await render({})).job_manifest
+
+
+async def test_a_patch_cannot_take_away_what_a_flow_runs_job_needs():
+    patches = [{"op": "replace", "path": "/spec/template/spec/restartPolicy", "value": "Always"}]
+    with pytest.raises(ValidationError, match="restartPolicy must have value 'Never'"):
+        await render({"job_manifest_patches": patches}, template_with_patches())
+    patches = [{"op": "remove", "path": "/spec/template/spec/containers/0"}]
+    with pytest.raises(ValidationError, match="missing required attributes .*containers/0"):
+        await render({"job_manifest_patches": patches}, template_with_patches())
+
+
+async def test_a_patch_that_fails_is_named_by_index_op_and_path():
+    patches = [
+        {"op": "add", "path": "/spec/activeDeadlineSeconds", "value": 600},
+        {"op": "replace", "path": "/spec/template/spec/hostNetwork", "value": True},
+    ]
+    with pytest.raises(ManifestError) as caught:
+        await render({"job_manifest_patches": patches}, template_with_patches())
+    assert str(caught.value) == (
+        "job_manifest_patches[1] (replace /spec/template/spec/hostNetwork): the rendered Job "
+        "manifest has nothing at that path"
+    )
+    assert isinstance(caught.value, ValueError)
+    with pytest.raises(ManifestError, match=r"job_manifest_patches\[0\] \(delete /spec\): not a"):
+        await render({"job_manifest_patches": [{"op": "delete", "path": "/spec"}]},
+                     template_with_patches())  # fmt: skip

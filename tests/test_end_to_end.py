@@ -424,6 +424,55 @@ async def test_pods_that_wait_for_a_node_or_an_image_complete_and_pods_that_cann
         stack.stop_worker(pool_worker)
 
 
+async def test_a_deployments_manifest_patches_reach_its_pod(stack, testbed, namespace):
+    """A pool whose template declares `job_manifest_patches` (the README's variable, pasted as
+    is): Prefect's server accepts a deployment's RFC 6902 operations against its schema, they
+    reach the Job and the pod the scheduler binds, and the run completes; a deployment whose
+    operation cannot apply never gets a Job and its run says which operation and why."""
+    from test_configuration import readme_patches_variable
+
+    template = KubernetesWorker.get_default_base_job_template()
+    template["variables"]["properties"]["job_manifest_patches"] = readme_patches_variable()
+    pool = f"patched-{uuid.uuid4().hex[:6]}"
+    await stack.create_pool(pool, template)
+    pool_worker = stack.start_worker(pool, kubeconfig=testbed.kubeconfig)
+    toleration = {"key": "example.com/dedicated", "operator": "Exists", "effect": "NoSchedule"}
+    try:
+        patched = await deploy_and_run(
+            stack, "numbered_lines", pool=pool, namespace=namespace,
+            job_manifest_patches=[
+                {"op": "add", "path": "/spec/template/spec/tolerations", "value": [toleration]},
+                {"op": "add", "path": "/spec/template/spec/nodeSelector",
+                 "value": {"kubernetes.io/os": "linux"}},
+                {"op": "add", "path": "/spec/activeDeadlineSeconds", "value": 600},
+            ],
+        )  # fmt: skip
+        broken = await deploy_and_run(
+            stack, "numbered_lines", pool=pool, namespace=namespace,
+            job_manifest_patches=[{"op": "remove", "path": "/spec/template/spec/volumes"}],
+        )  # fmt: skip
+        finished = await stack.wait_for_state([patched.id, broken.id], timeout=240)
+        assert finished[str(patched.id)].state.name == "Completed", finished[str(patched.id)]
+        pool_worker.wait_for_output(f"Job '{job_name(finished[str(patched.id)])}' completed")
+        (job,) = objects(testbed, "jobs", namespace, patched.id)
+        assert job["spec"]["activeDeadlineSeconds"] == 600
+        (pod,) = objects(testbed, "pods", namespace, patched.id)
+        assert pod["spec"]["tolerations"][0] == toleration
+        assert pod["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+        assert pod["spec"]["nodeName"]
+        assert len(run_lines(pool_worker.output(), patched.id)) == 5
+
+        state = finished[str(broken.id)].state
+        assert state.name == "Crashed", state
+        assert (
+            "job_manifest_patches[0] (remove /spec/template/spec/volumes): the rendered Job "
+            "manifest has nothing at that path" in state.message
+        ), state.message
+        assert objects(testbed, "jobs", namespace, broken.id) == []
+    finally:
+        stack.stop_worker(pool_worker)
+
+
 async def test_a_worker_whose_connections_go_silent_ends_the_run_with_every_line_once(
     stack, testbed, namespace
 ):

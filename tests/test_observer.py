@@ -230,8 +230,9 @@ async def test_a_run_with_another_job_alive_or_another_pid_is_left_alone(short_p
 
 
 async def test_a_job_labelled_with_something_not_a_flow_run_id_is_passed_over():
-    """A Job someone labelled `prefect.io/flow-run-id: nightly` is not a flow run's: nothing is
-    judged, nothing is logged; the next Job is judged as usual."""
+    """A Job someone labelled `prefect.io/flow-run-id: nightly` is not a flow run's: it is not
+    judged (before, its judging raised and logged a traceback); the next Job is judged as
+    usual."""
     standins = JudgingStandIns([], [], pid=None)
     observer = RunsNobodyFollows(standins.worker)  # type: ignore[arg-type]
     started: list[Any] = []

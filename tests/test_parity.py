@@ -315,6 +315,61 @@ def without_our_bounds(name: str, schema: dict) -> dict:
     return schema
 
 
+def _set(path: str, value: Any) -> Callable[[dict], None]:
+    """An edit that sets (or, for `...`, deletes) one attribute of the manifest."""
+
+    def edit(manifest: dict) -> None:
+        *parents, last = path.split("/")
+        target = manifest
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        if value is ...:
+            del target[last]
+        else:
+            target[last] = value
+
+    return edit
+
+
+POD = "spec/template/spec"
+MANIFESTS_THE_VALIDATION_REFUSES = {
+    "not a Job": lambda m: (_set("kind", "Deployment")(m), _set("apiVersion", "apps/v1")(m)),
+    "no spec": _set("spec", ...),
+    "no pod template": _set("spec/template", ...),
+    "empty pod spec": _set(POD, {}),
+    "no containers": _set(f"{POD}/containers", ...),
+    "empty containers": _set(f"{POD}/containers", []),
+    "containers as text": _set(f"{POD}/containers", "{{ containers }}"),
+    "a container as text": _set(f"{POD}/containers", ["prefect-job"]),
+    "a container without a name": _set(f"{POD}/containers", [{"image": "x"}]),
+    "a container of another name": _set(f"{POD}/containers/0/name", "main"),
+    "parallelism 2": _set(f"{POD}/parallelism", 2),
+    "restartPolicy OnFailure": _set(f"{POD}/restartPolicy", "OnFailure"),
+    "completions 1.0": _set(f"{POD}/completions", 1.0),
+    "completions true": _set(f"{POD}/completions", True),
+    "completions as text": _set(f"{POD}/completions", "1"),
+    "labels as a list": _set("metadata/labels", []),
+    "missing and incompatible": lambda m: (_set("kind", "Pod")(m), _set("spec", ...)(m)),
+}
+
+
+@pytest.mark.parametrize("case", MANIFESTS_THE_VALIDATION_REFUSES)
+async def test_the_same_manifests_are_refused_with_the_same_message(
+    case: str, run: Run, no_api_client
+) -> None:
+    """Validation is the Python worker's: the JSON Patch difference to the base manifest, `add`s
+    missing, `replace`s incompatible, and the message is the same text."""
+    template = with_manifest(MANIFESTS_THE_VALIDATION_REFUSES[case])
+    messages = []
+    for cls in (KubernetesWorkerJobConfiguration, oracle.KubernetesWorkerJobConfiguration):
+        with pytest.raises(ValidationError) as caught:
+            await configure(cls, template, {}, run, no_api_client)
+        messages.append(caught.value.errors()[0]["msg"])
+    ours, theirs = messages
+    assert ours == theirs
+    assert ours.startswith("Value error, Job ")
+
+
 def test_default_template_matches_prefect_kubernetes() -> None:
     assert OUR_TEMPLATE["job_configuration"] == ORACLE_TEMPLATE["job_configuration"]
     ours, theirs = OUR_TEMPLATE["variables"], ORACLE_TEMPLATE["variables"]

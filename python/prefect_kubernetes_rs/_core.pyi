@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_CREATE_JITTER_MAX_SECONDS",
     "DEFAULT_CREATE_JITTER_MIN_SECONDS",
     "DEFAULT_POD_WATCH_TIMEOUT_SECONDS",
+    "JOB_MANIFEST_PATCHES",
     "MAX_CREATE_ATTEMPTS",
     "MAX_CREATE_PAUSE_SECONDS",
     "MAX_LOG_TAIL_LINES",
@@ -35,6 +36,7 @@ __all__ = [
     "WatchStats",
     "__version__",
     "active_followers",
+    "apply_job_manifest_patches",
     "parse_infrastructure_pid",
     "default_job_manifest_template",
     "prepare_job_manifest",
@@ -58,6 +60,8 @@ MAX_CREATE_PAUSE_SECONDS: Final[int]
 MAX_LOG_TAIL_LINES: Final[int]
 # The container the flow runs in.
 PREFECT_CONTAINER: Final[str]
+# The job variable a pool template declares to let deployments patch their Job manifest.
+JOB_MANIFEST_PATCHES: Final[str]
 
 def render_template(template: Any, values: dict[str, Any]) -> tuple[Any, bool]:
     """Render `template` with `values` by Prefect's `{{ placeholder }}` rules; return
@@ -70,6 +74,15 @@ def render_template(template: Any, values: dict[str, Any]) -> tuple[Any, bool]:
     `NotSet` (the whole template was one missing placeholder). `needs_api_resolution` tells
     whether `$ref` block references or `prefect.blocks.*` / `prefect.variables.*` placeholders
     remain, which only the Prefect API can resolve.
+    """
+
+def apply_job_manifest_patches(job_manifest: Any, patches: Any) -> dict[str, Any]:
+    """Apply `patches`, a list of RFC 6902 JSON Patch operations (or None for none), to a
+    rendered `job_manifest`; return the patched manifest. All or none apply.
+
+    Raises ManifestError naming the failing operation by its index, op and path
+    (`job_manifest_patches[1] (remove /spec/template/spec/tolerations): the rendered Job
+    manifest has nothing at that path`), or when `patches` is not a list.
     """
 
 def validate_job_manifest(job_manifest: Any, namespace: str) -> dict[str, Any]:

@@ -254,12 +254,10 @@ class RunsNobodyFollows:
         for flow_run in await self._runs_in_flight():
             if flow_run.id in self._worker._following:
                 continue
-            try:
-                cluster_uid, pid_namespace, job_name = _core.parse_infrastructure_pid(
-                    flow_run.infrastructure_pid or ""
-                )
-            except InvalidPidError:
+            pid = _pid_parts(flow_run.infrastructure_pid)
+            if pid is None:
                 continue
+            cluster_uid, pid_namespace, job_name = pid
             if pid_namespace != namespace:
                 continue
             if cluster_uid is not None and not await _same_cluster(cluster, cluster_uid):
@@ -468,12 +466,10 @@ class RunsNobodyFollows:
         clusters: dict[int, _core.ClusterHandle] = {}
 
         async def place(flow_run: FlowRun) -> None:
-            try:
-                cluster_uid, namespace, job_name = _core.parse_infrastructure_pid(
-                    flow_run.infrastructure_pid or ""
-                )
-            except InvalidPidError:
+            pid = _pid_parts(flow_run.infrastructure_pid)
+            if pid is None:
                 return  # not a pid of this worker type
+            cluster_uid, namespace, job_name = pid
             async with limiter:
                 try:
                     configuration = await self._configuration_of(flow_run, deployments)
@@ -590,12 +586,18 @@ class RunsNobodyFollows:
             self._spawn_judge(EndedJob(cluster, namespace, flow_run.id, job_name, None))
 
 
-def _pid_names(pid: str, namespace: str, job_name: str) -> bool:
+def _pid_parts(pid: str | None) -> tuple[str | None, str, str] | None:
+    """A pid's `(cluster uid or None, namespace, job)`; None for no pid or another worker
+    type's."""
     try:
-        _, pid_namespace, pid_job = _core.parse_infrastructure_pid(pid)
+        return _core.parse_infrastructure_pid(pid or "")
     except InvalidPidError:
-        return False
-    return (pid_namespace, pid_job) == (namespace, job_name)
+        return None
+
+
+def _pid_names(pid: str, namespace: str, job_name: str) -> bool:
+    parts = _pid_parts(pid)
+    return parts is not None and parts[1:] == (namespace, job_name)
 
 
 async def _same_cluster(cluster: _core.ClusterHandle, pid_uid: str) -> bool:

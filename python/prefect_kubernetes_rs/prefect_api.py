@@ -4,8 +4,9 @@ Under a burst (hundreds of runs released at once against a SQLite-backed server)
 answers `503 Service Unavailable` for a while, and Prefect's client gives up after its own few
 retries (about a minute). A run whose Pending proposal or pid write was lost that way was never
 submitted, or cannot be cancelled or followed again after a restart. A 503 or a refused
-connection means the request was not applied, so asking again is safe: these two requests are
-asked again after longer pauses. Anything else (a timeout, a lost answer) may have been applied
+connection means the request was not applied, so asking again is safe: state proposals (Pending
+and Crashed among them) and flow-run updates (the pid) are asked again after longer pauses.
+Anything else (a timeout, a lost answer) may have been applied
 and goes to the caller as before: a second Pending would be aborted by the server and leave the
 run unsubmitted.
 """

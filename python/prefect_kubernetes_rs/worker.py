@@ -39,6 +39,7 @@ from prefect.exceptions import (
     InfrastructureNotFound,
 )
 from prefect.settings.context import get_current_settings
+from prefect.states import InfrastructurePending
 from prefect.utilities.collections import deep_merge, set_in_dict
 from prefect.utilities.dockerutils import get_prefect_image_name
 from prefect.utilities.engine import propose_state
@@ -222,6 +223,12 @@ class KubernetesWorkerJobConfiguration(BaseJobConfiguration):
             )
         configuration = dict(base_job_template["job_configuration"])
         properties = (base_job_template.get("variables") or {}).get("properties") or {}
+        # A pool whose template declares `job_manifest_patches` lets deployments patch their Job
+        # manifest (RFC 6902); the default template does not: the pool's admin opts in.
+        if _core.JOB_MANIFEST_PATCHES in properties:
+            configuration.setdefault(
+                _core.JOB_MANIFEST_PATCHES, "{{ " + _core.JOB_MANIFEST_PATCHES + " }}"
+            )
         variables = {
             name: schema["default"]
             for name, schema in properties.items()
@@ -255,6 +262,12 @@ class KubernetesWorkerJobConfiguration(BaseJobConfiguration):
         if needs_api_resolution:
             rendered = await resolve_block_document_references(template=rendered, client=client)
             rendered = await resolve_variables(template=rendered, client=client)
+        # Patched before validation, so no patch can take away what validation requires.
+        patches = rendered.pop(_core.JOB_MANIFEST_PATCHES, None)
+        if patches is not None and isinstance(rendered.get("job_manifest"), dict):
+            rendered["job_manifest"] = _core.apply_job_manifest_patches(
+                rendered["job_manifest"], patches
+            )
         return cls(**rendered)
 
     def follow_arguments(self) -> FollowArguments:
@@ -663,8 +676,6 @@ class KubernetesWorker(
         worker's own Pending or Submitting: never over a state the run moved on from (Running,
         Scheduled again, final); Prefect refuses Running, Cancelling and Cancelled to Pending
         itself, should the engine start between the look and the proposal."""
-        from prefect.states import InfrastructurePending
-
         try:
             with anyio.fail_after(_INFRASTRUCTURE_PENDING_TIMEOUT_SECONDS):
                 flow_run = await self.client.read_flow_run(flow_run_id)

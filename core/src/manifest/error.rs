@@ -27,6 +27,28 @@ pub enum ManifestError {
         count: usize,
     },
 
+    /// One of a deployment's `job_manifest_patches` cannot be read or applied.
+    #[error("job_manifest_patches[{index}] ({op} {path}): {reason}")]
+    InvalidPatch {
+        /// The operation's position in the list.
+        index: usize,
+        /// Its `op` as given (`?` when it has none).
+        op: String,
+        /// Its `path` as given (`?` when it has none).
+        path: String,
+        /// What is wrong, and what would be right.
+        reason: String,
+    },
+
+    /// `job_manifest_patches` is not a list.
+    #[error(
+        "job_manifest_patches must be a list of JSON Patch (RFC 6902) operations, got {found}"
+    )]
+    PatchesNotAList {
+        /// The JSON type that was found instead.
+        found: &'static str,
+    },
+
     /// A value that must be a JSON object (mapping) is something else.
     #[error("{what} must be a mapping, got {found}")]
     NotAMapping {

@@ -1,13 +1,19 @@
 //! Checks a rendered Job manifest against the attributes every Prefect flow-run Job needs.
 //!
-//! The messages keep the Python worker's wording, so users and their tooling see the same
-//! text. One deliberate difference: the flow's container is found by its name `prefect-job`
-//! wherever it sits among the containers (sidecars may come first), and two containers with
-//! that name are refused instead of silently editing the first one.
+//! As the Python worker does (`JsonPatch.from_diff(manifest, base)`), the check is the RFC 6902
+//! difference from the manifest to the base manifest: an `add` is a missing attribute, a
+//! `replace` an incompatible value, a `remove` something the user added and keeps. The messages
+//! keep the Python worker's wording, so users and their tooling see the same text. One
+//! deliberate difference: the flow's container is found by its name `prefect-job` wherever it
+//! sits among the containers (sidecars may come first): it is compared as if it came first,
+//! and two containers with that name are refused instead of silently editing the first one.
+
+use std::borrow::Cow;
 
 use crate::manifest::defaults::{base_job_manifest, PREFECT_CONTAINER};
 use crate::manifest::error::{json_type_name, ManifestError, Result};
 use crate::manifest::python_text::python_repr;
+use json_patch::PatchOperation;
 use serde_json::{Map, Value};
 
 const CONTAINERS_POINTER: &str = "/spec/template/spec/containers";
@@ -37,20 +43,28 @@ pub fn validate_job_manifest(manifest: &mut Value, namespace: &str) -> Result<()
             .or_insert_with(|| Value::String(namespace.to_owned()));
     }
 
-    let mut report = Report::default();
-    compare(
-        manifest,
-        &base_job_manifest(),
-        &mut String::new(),
-        &mut report,
-    );
-    if !report.missing.is_empty() {
-        report.missing.sort();
-        return Err(ManifestError::MissingAttributes(report.missing));
+    let mut missing = Vec::new();
+    let mut incompatible = Vec::new();
+    let compared = with_prefect_container_first(manifest);
+    for operation in json_patch::diff(&compared, &base_job_manifest()).iter() {
+        match operation {
+            PatchOperation::Add(add) => missing.push(add.path.to_string()),
+            PatchOperation::Replace(replace) => incompatible.push(format!(
+                "{} must have value {}",
+                replace.path,
+                python_repr(&replace.value)
+            )),
+            // What the user has beyond the base is theirs to keep; a diff has no other ops.
+            _ => {}
+        }
     }
-    if !report.incompatible.is_empty() {
-        report.incompatible.sort();
-        return Err(ManifestError::IncompatibleValues(report.incompatible));
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(ManifestError::MissingAttributes(missing));
+    }
+    if !incompatible.is_empty() {
+        incompatible.sort();
+        return Err(ManifestError::IncompatibleValues(incompatible));
     }
     let count = prefect_container_count(manifest);
     if count > 1 {
@@ -59,71 +73,28 @@ pub fn validate_job_manifest(manifest: &mut Value, namespace: &str) -> Result<()
     Ok(())
 }
 
-#[derive(Default)]
-struct Report {
-    missing: Vec<String>,
-    incompatible: Vec<String>,
-}
-
-/// Walks the base manifest: an attribute absent from the user's manifest is missing, one that
-/// differs is incompatible; anything the user adds beyond the base is theirs to keep.
-fn compare(actual: &Value, required: &Value, path: &mut String, report: &mut Report) {
-    match (actual, required) {
-        (Value::Object(actual), Value::Object(required)) => {
-            for (key, required_value) in required {
-                let len = path.len();
-                path.push('/');
-                path.push_str(&escape_pointer(key));
-                match actual.get(key) {
-                    None => report.missing.push(path.clone()),
-                    Some(actual_value) => compare(actual_value, required_value, path, report),
-                }
-                path.truncate(len);
+/// The manifest as the difference sees it: the first container named `prefect-job` moved to
+/// the front, where the base manifest has it. Copied only when it is not there already; when
+/// no container has the name, the first one is compared (and reported on), as the Python
+/// worker does.
+fn with_prefect_container_first(manifest: &Value) -> Cow<'_, Value> {
+    let position = manifest
+        .pointer(CONTAINERS_POINTER)
+        .and_then(Value::as_array)
+        .and_then(|containers| containers.iter().position(is_prefect_container));
+    match position {
+        None | Some(0) => Cow::Borrowed(manifest),
+        Some(index) => {
+            let mut moved = manifest.clone();
+            if let Some(containers) = moved
+                .pointer_mut(CONTAINERS_POINTER)
+                .and_then(Value::as_array_mut)
+            {
+                let container = containers.remove(index);
+                containers.insert(0, container);
             }
+            Cow::Owned(moved)
         }
-        (Value::Array(actual), Value::Array(required)) if path == CONTAINERS_POINTER => {
-            compare_containers(actual, required, path, report);
-        }
-        (Value::Array(actual), Value::Array(required)) => {
-            for (index, required_value) in required.iter().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("/{index}"));
-                match actual.get(index) {
-                    None => report.missing.push(path.clone()),
-                    Some(actual_value) => compare(actual_value, required_value, path, report),
-                }
-                path.truncate(len);
-            }
-        }
-        (actual, required) if python_equal(actual, required) => {}
-        (_, required) => report
-            .incompatible
-            .push(format!("{path} must have value {}", python_repr(required))),
-    }
-}
-
-/// The flow container may sit anywhere in the list; when none is named `prefect-job`, report
-/// on the first container as the Python worker does.
-fn compare_containers(actual: &[Value], required: &[Value], path: &str, report: &mut Report) {
-    if actual.iter().any(is_prefect_container) {
-        return;
-    }
-    let Some(required_first) = required.first() else {
-        return;
-    };
-    match actual.first() {
-        None => report.missing.push(format!("{path}/0")),
-        Some(Value::Object(first)) if !first.contains_key("name") => {
-            report.missing.push(format!("{path}/0/name"))
-        }
-        Some(Value::Object(_)) => report.incompatible.push(format!(
-            "{path}/0/name must have value {}",
-            python_repr(&Value::String(PREFECT_CONTAINER.into()))
-        )),
-        Some(_) => report.incompatible.push(format!(
-            "{path}/0 must have value {}",
-            python_repr(required_first)
-        )),
     }
 }
 
@@ -151,37 +122,6 @@ pub fn prefect_container_mut(manifest: &mut Value) -> Option<&mut Map<String, Va
         .iter_mut()
         .find(|container| is_prefect_container(container))?
         .as_object_mut()
-}
-
-/// Python's `==` on JSON data: `1 == 1.0 == True`, containers compared element by element.
-fn python_equal(left: &Value, right: &Value) -> bool {
-    match (left, right) {
-        (Value::Array(left), Value::Array(right)) => {
-            left.len() == right.len() && left.iter().zip(right).all(|(l, r)| python_equal(l, r))
-        }
-        (Value::Object(left), Value::Object(right)) => {
-            left.len() == right.len()
-                && left
-                    .iter()
-                    .all(|(key, l)| right.get(key).is_some_and(|r| python_equal(l, r)))
-        }
-        _ => match (as_python_number(left), as_python_number(right)) {
-            (Some(l), Some(r)) => l == r,
-            _ => left == right,
-        },
-    }
-}
-
-fn as_python_number(value: &Value) -> Option<f64> {
-    match value {
-        Value::Bool(flag) => Some(f64::from(u8::from(*flag))),
-        Value::Number(number) => number.as_f64(),
-        _ => None,
-    }
-}
-
-fn escape_pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 #[cfg(test)]
@@ -265,12 +205,29 @@ mod tests {
     }
 
     #[test]
-    fn numbers_compare_as_python_does() {
-        let mut manifest = base_job_manifest();
-        manifest["spec"]["template"]["spec"]["completions"] = json!(1.0);
-        validate_job_manifest(&mut manifest, "default").expect("1.0 == 1 in Python");
-        manifest["spec"]["template"]["spec"]["parallelism"] = json!("1");
-        assert!(error_of(manifest).ends_with("/spec/template/spec/parallelism must have value 1"));
+    fn numbers_compare_as_the_python_workers_json_patch_does() {
+        // `JsonPatch.from_diff` compares scalars by their JSON text: 1.0 and true are not 1.
+        for (value, text) in [(json!(1.0), "1"), (json!(true), "1"), (json!("1"), "1")] {
+            let mut manifest = base_job_manifest();
+            manifest["spec"]["template"]["spec"]["completions"] = value;
+            assert!(
+                error_of(manifest).ends_with(&format!(
+                    "/spec/template/spec/completions must have value {text}"
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_users_container_order_is_kept() {
+        let containers = json!([{"name": "sidecar", "image": "s"}, {"name": "prefect-job"}]);
+        let mut manifest = with_containers(containers.clone());
+        validate_job_manifest(&mut manifest, "default").expect("valid");
+        assert_eq!(
+            manifest["spec"]["template"]["spec"]["containers"],
+            containers
+        );
     }
 
     #[test]
