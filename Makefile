@@ -55,7 +55,7 @@ SOAK_CI := PKR_SOAK_IN_FLIGHT=200 PKR_SOAK_SECONDS=180 PKR_SOAK_RAMP_SECONDS=20 
 	PKR_SOAK_MIN_RUN_SECONDS=10 PKR_SOAK_MAX_RUN_SECONDS=30
 
 .PHONY: test
-test: install testbed ## Everything: Rust and Python tests, parity, testbed, lifecycle, faults, end to end, soak
+test: install testbed wheel ## Everything: Rust and Python tests, parity, testbed, lifecycle, faults, end to end, soak
 	@echo "==> cargo test (workspace)"
 	cargo test --locked --workspace --quiet
 	@echo "==> pytest"
@@ -131,9 +131,23 @@ $(STAMP)-bench: $(STAMP)-venv
 bench: install testbed $(STAMP)-bench $(BENCH_PYTHON_WORKERS:%=$(BENCH_VENVS)/pk-%/.stamp) ## This worker vs prefect-kubernetes 0.5.x and latest on the testbed (~15 min); writes bench/results/
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
+# The release files: an abi3 wheel (CPython >= 3.10) for manylinux2014 (x86_64, glibc >= 2.17:
+# RHEL 8, Amazon Linux 2 and newer), linked by zig (the `ziglang` package) against glibc 2.17's
+# symbols whatever this machine's glibc is, and the sdist. Its own target directory: zig's C
+# compiler and linker would otherwise make every switch with `maturin develop` rebuild the
+# shared one's C dependencies.
+WHEEL_TARGET_DIR := target/wheel
+
+$(STAMP)-wheel: $(STAMP)-venv $(RUST_SOURCES) $(PY_SOURCES) pyproject.toml README.md
+	@echo "==> The release wheel (abi3, manylinux2014) and sdist into dist/"
+	rm -f dist/prefect_kubernetes_rs-*
+	CARGO_TARGET_DIR=$(WHEEL_TARGET_DIR) $(BIN)/maturin build --release --locked --zig \
+		--compatibility manylinux2014 --target x86_64-unknown-linux-gnu --out dist
+	$(BIN)/maturin sdist --out dist
+	touch $@
+
 .PHONY: wheel
-wheel: $(STAMP)-venv ## Build the release wheel into dist/
-	$(BIN)/maturin build --release --out dist
+wheel: $(STAMP)-wheel ## The release wheel (abi3, manylinux2014 x86_64) and the sdist, into dist/
 
 .PHONY: cluster-up
 cluster-up: testbed ## Start the local Kubernetes testbed with its node, the fake kubelet (builds the control plane once, ~6 min); prints the kubeconfig path

@@ -7,11 +7,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,13 +35,63 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The platform the release wheel is built for: glibc 2.17 and newer (manylinux2014).
+WHEEL_PLATFORM = "manylinux_2_17_x86_64"
+
+
 @pytest.fixture(scope="module")
-def fresh_venv(tmp_path_factory) -> Path:
-    """A virtual environment with nothing but `pip install <our wheel>`."""
+def release_files() -> dict[str, Path]:
+    """The wheel and sdist `make wheel` builds (a no-op when they are up to date)."""
+    run_checked(["make", "--no-print-directory", "wheel"], cwd=ROOT)
+    (wheel,) = (ROOT / "dist").glob("prefect_kubernetes_rs-*.whl")
+    (sdist,) = (ROOT / "dist").glob("prefect_kubernetes_rs-*.tar.gz")
+    return {"wheel": wheel, "sdist": sdist}
+
+
+def test_the_release_wheel_is_abi3_and_loads_on_glibc_2_17(release_files):
+    """One wheel for CPython 3.10 and newer on any x86_64 Linux with glibc 2.17 or newer (RHEL 8,
+    Amazon Linux 2, Debian 10, Ubuntu 18.04 and later), so `pip install` never falls back to a
+    source build that needs a Rust toolchain there."""
+    wheel = release_files["wheel"]
+    assert "-cp310-abi3-" in wheel.name, wheel.name
+    assert WHEEL_PLATFORM in wheel.name, wheel.name
+    auditwheel = Path(sys.executable).with_name("auditwheel")
+    shown = run_checked([str(auditwheel), "show", str(wheel)]).stdout
+    assert f'consistent with the following platform tag: "{WHEEL_PLATFORM}"' in " ".join(
+        shown.split()
+    ), shown
+    # The extension's own view: no symbol of a glibc newer than 2.17 is needed.
+    with zipfile.ZipFile(wheel) as archive:
+        (library,) = [name for name in archive.namelist() if name.endswith(".abi3.so")]
+        extracted = Path(archive.extract(library, wheel.parent / "unpacked"))
+    symbols = run_checked(["objdump", "-T", str(extracted)]).stdout
+    versions = {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+\.\d+)", symbols)}
+    assert versions and max(versions) <= (2, 17), sorted(versions)
+
+
+def test_the_sdist_holds_a_workspace_cargo_can_load(release_files, tmp_path):
+    """Where no wheel fits (another CPU, musl), pip builds from the sdist: it must carry the
+    core crate and a Cargo workspace that loads offline with its lock file."""
+    with tarfile.open(release_files["sdist"]) as archive:
+        archive.extractall(tmp_path, filter="data")
+    (root,) = tmp_path.iterdir()
+    for needed in ("pyproject.toml", "Cargo.toml", "Cargo.lock", "core/Cargo.toml",
+                   "core/src/lib.rs", "src/lib.rs", "python/prefect_kubernetes_rs/worker.py",
+                   "python/prefect_kubernetes_rs/_core.pyi"):  # fmt: skip
+        assert (root / needed).is_file(), needed
+    metadata = run_checked(
+        ["cargo", "metadata", "--locked", "--offline", "--format-version", "1", "--no-deps"],
+        cwd=root,
+    )
+    packages = {package["name"] for package in json.loads(metadata.stdout)["packages"]}
+    assert {"prefect-kubernetes-rs", "prefect-kubernetes-rs-core"} <= packages, packages
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory, release_files) -> Path:
+    """A virtual environment with nothing but `pip install <our release wheel>`."""
     workdir = tmp_path_factory.mktemp("install")
-    maturin = Path(sys.executable).with_name("maturin")
-    run_checked([str(maturin), "build", "--release", "--out", str(workdir / "dist")], cwd=ROOT)
-    (wheel,) = (workdir / "dist").glob("prefect_kubernetes_rs-*.whl")
+    wheel = release_files["wheel"]
     venv = workdir / "venv"
     # A Python outside our venv, as a user's would be.
     base_python = getattr(sys, "_base_executable", sys.executable)
