@@ -78,6 +78,10 @@ test-repeat: install testbed ## The once-flaky suites again and again: 50 testbe
 		$(BIN)/python -m pytest -q tests/test_end_to_end.py || exit 1; \
 	done
 
+.PHONY: test-versions
+test-versions: wheel testbed ## The release wheel on the oldest and newest Prefect for Python 3.10 and 3.13, each in its own venv (~12 min)
+	tests/versions/test-matrix.sh
+
 .PHONY: soak
 soak: install testbed ## The full soak: 1000 runs in flight for 10 minutes with random API faults
 	$(BIN)/python -m pytest -q -s tests/test_soak.py
