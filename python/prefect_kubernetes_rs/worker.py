@@ -14,6 +14,10 @@ run's job variables, checks that the result is a Job it can run a flow in (a con
 environment, labels and annotations on the Job and its pod, the image, the command and the Job's
 name. Templating, validation and preparation run in Rust, in a few microseconds per run.
 
+A pool whose template declares the variable `job_manifest_patches` (an array of RFC 6902 JSON
+Patch operations; the README has the schema to paste) lets each deployment patch its Job, e.g.
+add a toleration or a volume, without a pool of its own; the patches apply before validation.
+
 To migrate code written against `prefect-kubernetes`, change the import:
 
     from prefect_kubernetes_rs.worker import KubernetesWorker, KubernetesWorkerJobConfiguration

@@ -123,6 +123,7 @@ pub async fn follow_container_log(
     let mut cursor = since.map(LogCursor::starting_at).unwrap_or_default();
     let mut failures = 0u32;
     let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut refusal_said = false;
     loop {
         let finished = *ended.borrow();
         let params = LogParams {
@@ -174,8 +175,19 @@ pub async fn follow_container_log(
                 // log is not available) are final; an API server that is away (5xx, 429,
                 // connection errors) is waited for, as the log is still there to read.
                 let no_such_log = error.status_code() == Some(400) && failures > 3;
+                // Refused (RBAC, a revoked token): said at once, not taken for a log that is
+                // not there yet; once the container has ended, waiting longer reads nothing.
+                let refused = matches!(error.status_code(), Some(401 | 403));
+                if refused && !refusal_said {
+                    log::warn!(
+                        "the API server refuses to give the log of pod '{pod}' ({error}): the \
+                         worker's identity needs get on pods/log in the namespace"
+                    );
+                    refusal_said = true;
+                }
                 if finished
                     && (no_such_log
+                        || refused
                         || error.status_code() == Some(404)
                         || failing_for > FINAL_READ_PATIENCE)
                 {

@@ -420,11 +420,31 @@ async fn watch_loop<K>(
         first = false;
         let _ = ready.send(WatchState::Ready);
         let mut version = version;
+        let mut refusal_said = false;
         loop {
             match watch_once(&api, &selector, &mut version, &routes, &stats).await {
-                Ok(WatchEnd::Reopen) => backoff.reset(),
+                Ok(WatchEnd::Reopen) => {
+                    backoff.reset();
+                    refusal_said = false;
+                }
                 Ok(WatchEnd::Gone) => break,
                 Err(error) if error.status_code() == Some(410) => break,
+                // A missing permission or a token the server no longer takes does not pass
+                // like a cut connection: without the watch no run of the namespace sees its
+                // end. Said once per outage; the watch keeps trying (RBAC gets fixed, tokens
+                // are rotated).
+                Err(error) if matches!(error.status_code(), Some(401 | 403)) => {
+                    if !refusal_said {
+                        log::warn!(
+                            "the API server refuses to watch {what} ({error}); runs there are \
+                             not followed until it allows it: the worker's identity needs list \
+                             and watch on jobs and pods in the namespace; trying again with \
+                             back-off"
+                        );
+                        refusal_said = true;
+                    }
+                    backoff.wait().await;
+                }
                 Err(error) => {
                     log::debug!("watch of {what} interrupted, reopening: {error}");
                     backoff.wait().await;

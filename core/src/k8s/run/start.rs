@@ -129,13 +129,20 @@ pub async fn start_run(
     if let Some(secret) = &env_secret {
         create_env_secret(&cluster, &namespace, &flow_run_id, secret)
             .await
-            .map_err(|error| secret_failure(error, &secret.name, &namespace))?;
+            .map_err(|error| {
+                secret_failure(error, SecretContent::Environment, &secret.name, &namespace)
+            })?;
     }
     let claim = match &credentials.secret_to_create {
         Some(secret) => match secrets.ensure(&cluster, &namespace, secret).await {
             Ok(claim) => claim,
             Err(error) => {
-                let failure = secret_failure(error, &secret.reference.name, &namespace);
+                let failure = secret_failure(
+                    error,
+                    SecretContent::ApiKey,
+                    &secret.reference.name,
+                    &namespace,
+                );
                 return Err(without_env_secret(failure, &cluster, &namespace, &env_secret).await);
             }
         },
@@ -304,8 +311,45 @@ pub fn watch_failure(error: K8sError, namespace: &str, cluster: &Cluster) -> Sta
     }
 }
 
-/// Storing the API key in its Secret failed.
-pub fn secret_failure(error: K8sError, name: &str, namespace: &str) -> StartError {
+/// What a Secret the worker creates for a run holds, in the user's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretContent {
+    /// The pool's Prefect API key (`..._CREATE_SECRET_FOR_API_KEY`).
+    ApiKey,
+    /// The flow container's environment (`..._STORE_ENV_AS_SECRET`).
+    Environment,
+}
+
+impl SecretContent {
+    fn what(self) -> &'static str {
+        match self {
+            SecretContent::ApiKey => "the Prefect API key",
+            SecretContent::Environment => "the Job's environment",
+        }
+    }
+
+    fn forbidden_hint(self) -> &'static str {
+        match self {
+            SecretContent::ApiKey => {
+                "The worker's Kubernetes identity needs create on secrets there, or set \
+                 PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_NAME to a Secret that \
+                 holds the key."
+            }
+            SecretContent::Environment => {
+                "The worker's Kubernetes identity needs create, patch and delete on secrets \
+                 there, or unset PREFECT_INTEGRATIONS_KUBERNETES_WORKER_STORE_ENV_AS_SECRET."
+            }
+        }
+    }
+}
+
+/// Storing `content` in its Secret failed.
+pub fn secret_failure(
+    error: K8sError,
+    content: SecretContent,
+    name: &str,
+    namespace: &str,
+) -> StartError {
     match &error {
         K8sError::Api {
             code,
@@ -314,18 +358,13 @@ pub fn secret_failure(error: K8sError, name: &str, namespace: &str) -> StartErro
             ..
         } => {
             let message = format!(
-                "Unable to store the Prefect API key in Secret {} in namespace {}: {reason}: \
-                 {api_message}",
+                "Unable to store {} in Secret {} in namespace {}: {reason}: {api_message}",
+                content.what(),
                 quoted(name),
                 quoted(namespace)
             );
             let hint = match code {
-                403 => Some(
-                    "The worker's Kubernetes identity needs create on secrets there, or set \
-                     PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_NAME to a Secret that \
-                     holds the key."
-                        .to_owned(),
-                ),
+                403 => Some(content.forbidden_hint().to_owned()),
                 404 if api_message.contains(namespace) => Some(missing_namespace_hint(namespace)),
                 _ => None,
             };
@@ -336,7 +375,8 @@ pub fn secret_failure(error: K8sError, name: &str, namespace: &str) -> StartErro
         }
         _ => StartError::Unavailable {
             message: format!(
-                "Unable to store the Prefect API key in Secret {}: {error}",
+                "Unable to store {} in Secret {}: {error}",
+                content.what(),
                 quoted(name)
             ),
             cause: error,
@@ -458,15 +498,23 @@ mod tests {
         );
         assert!(created(invalid(), &large, source).contains("Hint: The Job manifest is 1.2 MiB"));
 
-        let forbidden = api_error(403, "Forbidden", "secrets \"s\" is forbidden");
-        assert!(secret_failure(forbidden, "s", "d")
+        let forbidden = || api_error(403, "Forbidden", "secrets \"s\" is forbidden");
+        assert!(secret_failure(forbidden(), SecretContent::ApiKey, "s", "d")
             .to_string()
             .contains("needs create on secrets there"));
-        let other = api_error(500, "InternalError", "boom");
+        let other = || api_error(500, "InternalError", "boom");
         assert_eq!(
-            secret_failure(other, "s", "d").to_string(),
+            secret_failure(other(), SecretContent::ApiKey, "s", "d").to_string(),
             "Unable to store the Prefect API key in Secret 's' in namespace 'd': InternalError: boom"
         );
+        // The environment's Secret is named for what it holds, with its own way out.
+        let environment = secret_failure(forbidden(), SecretContent::Environment, "j-env-1", "d");
+        assert!(environment
+            .to_string()
+            .starts_with("Unable to store the Job's environment in Secret 'j-env-1'"));
+        assert!(environment
+            .to_string()
+            .contains("or unset PREFECT_INTEGRATIONS_KUBERNETES_WORKER_STORE_ENV_AS_SECRET"));
     }
 
     #[test]
