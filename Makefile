@@ -79,7 +79,7 @@ test-repeat: install testbed ## The once-flaky suites again and again: 50 testbe
 	done
 
 .PHONY: test-versions
-test-versions: wheel testbed ## The release wheel on the oldest and newest Prefect for Python 3.10 and 3.13, each in its own venv (~12 min)
+test-versions: wheel testbed ## The release wheel on the oldest and newest Prefect for Python 3.10 and 3.13, each in its own venv (~7 min)
 	tests/versions/test-matrix.sh
 
 .PHONY: soak
@@ -136,10 +136,10 @@ bench: install testbed $(STAMP)-bench $(BENCH_PYTHON_WORKERS:%=$(BENCH_VENVS)/pk
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 # The release files: an abi3 wheel (CPython >= 3.10) for manylinux2014 (x86_64, glibc >= 2.17:
-# RHEL 8, Amazon Linux 2 and newer), linked by zig (the `ziglang` package) against glibc 2.17's
-# symbols whatever this machine's glibc is, and the sdist. Its own target directory: zig's C
-# compiler and linker would otherwise make every switch with `maturin develop` rebuild the
-# shared one's C dependencies.
+# RHEL/CentOS 7, Amazon Linux 2, Debian 9, Ubuntu 16.04 and newer), linked by zig (the
+# `ziglang` package) against glibc 2.17's symbols whatever this machine's glibc is, and the
+# sdist. Its own target directory: zig's C compiler and linker would otherwise make every
+# switch with `maturin develop` rebuild the shared one's C dependencies.
 WHEEL_TARGET_DIR := target/wheel
 
 $(STAMP)-wheel: $(STAMP)-venv $(RUST_SOURCES) $(PY_SOURCES) pyproject.toml README.md

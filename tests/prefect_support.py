@@ -244,11 +244,14 @@ class PrefectServer:
         extra_env: dict[str, str] | None = None,
         drop_env: Iterable[str] = (),
         name: str | None = None,
+        wrapper: Iterable[str] = (),
     ) -> WorkerProcess:
         """`prefect worker start --pool <pool> --type kubernetes-rs`, returned once it polls.
 
         With `kubeconfig=None` the worker gets no KUBECONFIG at all (and a HOME without
-        `~/.kube`), so only a configuration's `cluster_config` can point it at a cluster.
+        `~/.kube`), so only a configuration's `cluster_config` (or an in-cluster service
+        account) can point it at a cluster. `wrapper` is a command that starts the worker's
+        (e.g. `unshare ...`) and must exec it, so the process is the worker's.
         """
         name = name or f"{pool}-worker-{uuid.uuid4().hex[:6]}"
         environment = os.environ | self.env | (extra_env or {})
@@ -263,7 +266,8 @@ class PrefectServer:
             environment["KUBECONFIG"] = str(kubeconfig)
         log = self.workdir / f"{name}.log"
         process = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", pool, "--type", WORKER_TYPE, "--name", name],
+            [*wrapper, PREFECT, "worker", "start", "--pool", pool, "--type", WORKER_TYPE,
+             "--name", name],
             env=environment, stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -26,8 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from prefect_support import PREFECT, WORKER_TYPE, PrefectServer, WorkerProcess
-from testbed_support import run_checked
+from prefect_support import PrefectServer, WorkerProcess
 
 from prefect_kubernetes_rs.worker import KubernetesWorker
 
@@ -66,26 +64,6 @@ def worker_rbac(namespace: str) -> list[dict[str, Any]]:
         for subject in document.get("subjects", []):
             subject["namespace"] = namespace
     return documents
-
-
-def bound_token(testbed: Any, namespace: str, holder: str) -> str:
-    """A token of the worker's service account bound to the Secret `holder` (TokenRequest, as
-    the kubelet asks for a pod's projected token): deleting the Secret invalidates it."""
-    secret = json.loads(
-        testbed.kubectl("get", "secret", holder, "-n", namespace, "-o", "json").stdout
-    )
-    request = {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"expirationSeconds": 3600, "boundObjectRef": {
-            "kind": "Secret", "apiVersion": "v1", "name": holder,
-            "uid": secret["metadata"]["uid"]}},
-    }  # fmt: skip
-    answer = run_checked(
-        ["kubectl", "--kubeconfig", str(testbed.kubeconfig), "create", "--raw",
-         f"/api/v1/namespaces/{namespace}/serviceaccounts/{SERVICE_ACCOUNT}/token", "-f", "-"],
-        input=json.dumps(request),
-    )  # fmt: skip
-    return json.loads(answer.stdout)["status"]["token"]
 
 
 def answer_to(testbed: Any, token: str, namespace: str) -> int:
@@ -138,16 +116,6 @@ def start_worker_in_a_pod(
     """`prefect worker start` as a pod runs it: the service account mounted at its place in a
     mount namespace of its own (a tmpfs over /run, so nothing of the host's /run shows), the
     API server in KUBERNETES_SERVICE_HOST/PORT, no kubeconfig anywhere."""
-    name = f"{pool}-worker-{uuid.uuid4().hex[:6]}"
-    home = stack.workdir / f"home-{name}"
-    home.mkdir()
-    environment = os.environ | stack.env | extra_env
-    environment.pop("KUBECONFIG", None)
-    environment |= {
-        "HOME": str(home),
-        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-        "KUBERNETES_SERVICE_PORT": api_port,
-    }
     # `mount -n`: no /run/mount/utab written onto the host's /run before the tmpfs hides it.
     mount_and_run = (
         "mount -n -t tmpfs -o mode=0755,size=1m tmpfs /run"
@@ -155,20 +123,15 @@ def start_worker_in_a_pod(
         f' && mount -n --bind -o ro "$0" {SERVICE_ACCOUNT_MOUNT}'
         ' && exec "$@"'
     )
-    log = stack.workdir / f"{name}.log"
-    # unshare and sh exec the worker: the process (and its session) is the worker's.
-    process = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount_and_run,
-         str(volume), PREFECT, "worker", "start", "--pool", pool, "--type", WORKER_TYPE,
-         "--name", name],
-        env=environment, stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT, start_new_session=True,
+    return stack.start_worker(
+        pool,
+        kubeconfig=None,
+        extra_env=extra_env
+        | {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": api_port},
+        # unshare and sh exec the worker: the process (and its session) is the worker's.
+        wrapper=["unshare", "--mount", "--propagation", "private", "sh", "-c", mount_and_run,
+                 str(volume)],
     )  # fmt: skip
-    stack.processes.append(process)
-    worker = WorkerProcess(pool=pool, name=name, log=log, process=process)
-    stack.workers.append(worker)
-    worker.wait_for_output(f"Worker '{name}' started", timeout=120)
-    return worker
 
 
 def job_name(flow_run: Any) -> str:
@@ -204,7 +167,7 @@ async def test_a_worker_in_a_pod_runs_flows_as_its_service_account_across_a_toke
     first_holder, second_holder = "token-holder-1", "token-holder-2"
     for holder in (first_holder, second_holder):
         testbed.kubectl("create", "secret", "generic", holder, "-n", namespace)
-    old_token = bound_token(testbed, namespace, first_holder)
+    old_token = testbed.bound_token(namespace, SERVICE_ACCOUNT, first_holder)
     volume = ServiceAccountVolume(
         tmp_path / "serviceaccount", Path(testbed.env["PKR_CA_FILE"]), namespace, old_token
     )
@@ -241,7 +204,7 @@ async def test_a_worker_in_a_pod_runs_flows_as_its_service_account_across_a_toke
         )
 
         # The kubelet rotates the token mid-run.
-        volume.write(bound_token(testbed, namespace, second_holder))
+        volume.write(testbed.bound_token(namespace, SERVICE_ACCOUNT, second_holder))
         rotated = time.monotonic()
         refused_run = await stack.run_deployment(refused)
         refused_end = (await stack.wait_for_state([refused_run.id], timeout=120))[
@@ -343,7 +306,9 @@ async def test_a_role_missing_a_rule_is_said_at_warning_level(testbed, tmp_path,
     testbed.kubectl("apply", "-f", str(rbac))
     testbed.kubectl("create", "secret", "generic", "token-holder", "-n", namespace)
     config = testbed.kubeconfig_dict()
-    config["users"][0]["user"] = {"token": bound_token(testbed, namespace, "token-holder")}
+    config["users"][0]["user"] = {
+        "token": testbed.bound_token(namespace, SERVICE_ACCOUNT, "token-holder")
+    }
     block = {"config": config, "context_name": config["current-context"]}
     with temporary_settings({PREFECT_TEST_MODE: True, PREFECT_LOGGING_TO_API_ENABLED: False}):
         async with Worker("rbac") as worker:

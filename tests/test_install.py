@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 from prefect_kubernetes import worker as oracle
 from testbed_support import run_checked
 
@@ -48,10 +49,10 @@ def release_files() -> dict[str, Path]:
     return {"wheel": wheel, "sdist": sdist}
 
 
-def test_the_release_wheel_is_abi3_and_loads_on_glibc_2_17(release_files):
-    """One wheel for CPython 3.10 and newer on any x86_64 Linux with glibc 2.17 or newer (RHEL 8,
-    Amazon Linux 2, Debian 10, Ubuntu 18.04 and later), so `pip install` never falls back to a
-    source build that needs a Rust toolchain there."""
+def test_the_release_wheel_is_abi3_and_loads_on_glibc_2_17(release_files, tmp_path):
+    """One wheel for CPython 3.10 and newer on any x86_64 Linux with glibc 2.17 or newer
+    (RHEL/CentOS 7, Amazon Linux 2, Debian 9, Ubuntu 16.04 and later), so `pip install` never
+    falls back to a source build that needs a Rust toolchain there."""
     wheel = release_files["wheel"]
     assert "-cp310-abi3-" in wheel.name, wheel.name
     assert WHEEL_PLATFORM in wheel.name, wheel.name
@@ -63,7 +64,7 @@ def test_the_release_wheel_is_abi3_and_loads_on_glibc_2_17(release_files):
     # The extension's own view: no symbol of a glibc newer than 2.17 is needed.
     with zipfile.ZipFile(wheel) as archive:
         (library,) = [name for name in archive.namelist() if name.endswith(".abi3.so")]
-        extracted = Path(archive.extract(library, wheel.parent / "unpacked"))
+        extracted = Path(archive.extract(library, tmp_path))
     symbols = run_checked(["objdump", "-T", str(extracted)]).stdout
     versions = {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+\.\d+)", symbols)}
     assert versions and max(versions) <= (2, 17), sorted(versions)
@@ -79,10 +80,16 @@ def test_the_sdist_holds_a_workspace_cargo_can_load(release_files, tmp_path):
                    "core/src/lib.rs", "src/lib.rs", "python/prefect_kubernetes_rs/worker.py",
                    "python/prefect_kubernetes_rs/_core.pyi"):  # fmt: skip
         assert (root / needed).is_file(), needed
-    metadata = run_checked(
-        ["cargo", "metadata", "--locked", "--offline", "--format-version", "1", "--no-deps"],
-        cwd=root,
-    )
+    # The sdist's workspace has only the package's crates (maturin drops the testbed's), so
+    # cargo trims the lock's extra entries; what it resolves must all be pinned by the lock
+    # (offline: from the crates the wheel's build already fetched).
+    pinned = {
+        (p["name"], p["version"])
+        for p in tomllib.loads((root / "Cargo.lock").read_text())["package"]
+    }
+    metadata = run_checked(["cargo", "metadata", "--offline", "--format-version", "1"], cwd=root)
+    resolved = {(p["name"], p["version"]) for p in json.loads(metadata.stdout)["packages"]}
+    assert resolved <= pinned, sorted(resolved - pinned)
     packages = {package["name"] for package in json.loads(metadata.stdout)["packages"]}
     assert {"prefect-kubernetes-rs", "prefect-kubernetes-rs-core"} <= packages, packages
 

@@ -509,3 +509,22 @@ async def test_difference_metadata_not_a_mapping_is_a_validation_error(run: Run,
         await configure(
             KubernetesWorkerJobConfiguration, with_manifest(bad_metadata), {}, run, no_api_client
         )
+
+
+async def test_difference_a_missing_attribute_is_not_excused_by_an_equal_value_elsewhere(
+    run: Run, no_api_client
+):
+    """The oracle's jsonpatch turns a removed value and an equal added one into a `move`, so a
+    manifest without `completions` passes there when another attribute happens to be 1."""
+
+    def completions_gone(manifest: dict) -> None:
+        del pod_spec(manifest)["completions"]
+        manifest["spec"]["backoffLimit"] = 1
+
+    template = with_manifest(completions_gone)
+    theirs = await configure(
+        oracle.KubernetesWorkerJobConfiguration, template, {}, run, no_api_client
+    )
+    assert "completions" not in pod_spec(theirs.job_manifest)
+    with pytest.raises(ValidationError, match="missing required attributes .*/completions"):
+        await configure(KubernetesWorkerJobConfiguration, template, {}, run, no_api_client)

@@ -31,7 +31,6 @@ from test_lifecycle import (  # the lifecycle tests' way of driving a run, share
     pods_of,
     scripted,
 )
-from testbed_support import run_checked
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -122,24 +121,6 @@ async def test_a_certificate_for_another_name_is_refused(testbed):
     assert "hint: the server's certificate is not valid for the host name" in message
 
 
-def bound_token(testbed, account: str, holder: str) -> str:
-    """A service-account token bound to the Secret `holder`: deleting it revokes the token,
-    which is how a rotated in-cluster token stops working."""
-    secret = json.loads(testbed.kubectl("get", "secret", holder, "-o", "json").stdout)
-    request = {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"expirationSeconds": 3600, "boundObjectRef": {
-            "kind": "Secret", "apiVersion": "v1", "name": holder,
-            "uid": secret["metadata"]["uid"]}},
-    }  # fmt: skip
-    answer = run_checked(
-        ["kubectl", "--kubeconfig", str(testbed.kubeconfig), "create", "--raw",
-         f"/api/v1/namespaces/default/serviceaccounts/{account}/token", "-f", "-"],
-        input=json.dumps(request),
-    )  # fmt: skip
-    return json.loads(answer.stdout)["status"]["token"]
-
-
 def accepted(testbed, token: str) -> bool:
     answer = testbed.kubectl("get", "jobs", "-n", "default", "--token", token, check=False)
     return answer.returncode == 0
@@ -157,7 +138,7 @@ async def test_a_rotated_token_file_is_read_again(testbed, tmp_path):
     for holder in (f"{account}-1", f"{account}-2"):
         testbed.kubectl("create", "secret", "generic", holder)
     token_file = tmp_path / "token"
-    old_token = bound_token(testbed, account, f"{account}-1")
+    old_token = testbed.bound_token("default", account, f"{account}-1")
     token_file.write_text(old_token)
     config = block(testbed)
     config["config"]["users"][0]["user"] = {"tokenFile": str(token_file)}
@@ -170,7 +151,7 @@ async def test_a_rotated_token_file_is_read_again(testbed, tmp_path):
         )
         assert result.status_code == 0
 
-        token_file.write_text(bound_token(testbed, account, f"{account}-2"))
+        token_file.write_text(testbed.bound_token("default", account, f"{account}-2"))
         testbed.kubectl("delete", "secret", f"{account}-1")
         for _ in range(50):
             if not accepted(testbed, old_token):

@@ -225,6 +225,26 @@ class Testbed:
 
         return yaml.safe_load((path or self.kubeconfig).read_text())
 
+    def bound_token(self, namespace: str, account: str, holder: str) -> str:
+        """A token of the service account `account` bound to the Secret `holder` (a
+        TokenRequest, as the kubelet asks for a pod's projected token): deleting the Secret
+        revokes the token, which is how a rotated token stops working."""
+        secret = json.loads(
+            self.kubectl("get", "secret", holder, "-n", namespace, "-o", "json").stdout
+        )
+        request = {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600, "boundObjectRef": {
+                "kind": "Secret", "apiVersion": "v1", "name": holder,
+                "uid": secret["metadata"]["uid"]}},
+        }  # fmt: skip
+        answer = run_checked(
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), "create", "--raw",
+             f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", "-f", "-"],
+            input=json.dumps(request),
+        )  # fmt: skip
+        return json.loads(answer.stdout)["status"]["token"]
+
     def proxy(self, method: str, path: str, body: Any = None) -> Any:
         request = urllib.request.Request(
             self.proxy_control + path,

@@ -8,7 +8,8 @@
 # under a second. Everything it produces (source files, build log, install; the unpacked tree
 # while building) lives in
 #   ${PKR_CACHE:-$HOME/.cache/prefect-kubernetes-rs}/python-VERSION/
-# with the interpreter in its install/bin directory; its path is the last line printed.
+# with the interpreter in its install/bin directory, whose path is what it prints on stdout (its
+# progress goes to stderr).
 #
 # Only the upstream `.orig` tarball is used (Debian's patches are ignored), configured with
 # `--prefix=<cache>/python-VERSION/install` and no `--enable-optimizations` (a fast build).
@@ -39,12 +40,10 @@ readonly REQUIRED_MODULES="ssl _hashlib sqlite3 _ctypes zlib bz2 lzma venv ensur
 readonly PACKAGES=(build-essential pkg-config xz-utils libssl-dev libffi-dev zlib1g-dev
     libsqlite3-dev libbz2-dev liblzma-dev)
 
-log() { printf '[%s] build-python: %s\n' "$(date '+%H:%M:%S')" "$*"; }
-phase() { log "== $* =="; }
-die() {
-    printf '[%s] build-python: ERROR: %s\n' "$(date '+%H:%M:%S')" "$*" >&2
-    exit 1
-}
+# shellcheck disable=SC2034 # read by tests/lib/debian.sh
+PKR_SCRIPT=build-python
+# shellcheck source-path=SCRIPTDIR/../lib source=debian.sh
+source "$(dirname "$0")/../lib/debian.sh"
 
 if [[ $# -ne 1 || ! "$1" =~ ^3\.[0-9]+$ ]]; then
     die "usage: $0 VERSION (one of: $(printf '%s\n' "${!SOURCES[@]}" | sort -V | tr '\n' ' '))"
@@ -62,7 +61,6 @@ DOWNLOAD_DIR="$CACHE_DIR/source"   # .dsc + tarballs, kept so a rebuild needs no
 APT_DIR="$CACHE_DIR/apt"           # private apt lists/cache (never touches /etc/apt)
 TREE_DIR="$CACHE_DIR/tree"         # unpacked upstream tree, built in place, removed when done
 BUILD_LOG="$CACHE_DIR/build.log"
-HEARTBEAT="${PKR_BUILD_HEARTBEAT:-30}"
 START_TS=$SECONDS
 
 # --- cache check -------------------------------------------------------------------------------
@@ -95,126 +93,10 @@ preinstalled_interpreter() {
     return 1
 }
 
-# --- Debian packages ---------------------------------------------------------------------------
-
-is_installed() {
-    [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == "installed" ]]
-}
-
-ensure_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        is_installed "$p" || missing+=("$p")
-    done
-    if ((${#missing[@]} == 0)); then
-        return 0
-    fi
-    phase "packages: installing ${missing[*]}"
-    if [[ $EUID -ne 0 ]]; then
-        die "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || die "apt-get install ${missing[*]} failed"
-    log "packages installed"
-}
-
 # --- source download -----------------------------------------------------------------------------
 
-# Print "<uri> <signed-by or empty>" of the first configured Debian `deb` source that is not a
-# security archive (any suite: the private sources list below names its own). Reads deb822
-# (*.sources) first, then one-line (*.list) files.
-find_mirror() {
-    local f
-    shopt -s nullglob
-    for f in /etc/apt/sources.list.d/*.sources; do
-        awk '
-            function flush() {
-                if (types ~ /(^| )deb( |$)/ && suites !~ /-security/ && uri != "") {
-                    print uri, signed; found = 1; exit
-                }
-                types = ""; suites = ""; uri = ""; signed = ""
-            }
-            /^[[:space:]]*#/ { next }
-            /^[[:space:]]*$/ { flush(); next }
-            {
-                key = tolower($1); sub(/:$/, "", key)
-                val = $0; sub(/^[^:]*:[[:space:]]*/, "", val)
-                if (key == "types") types = val
-                else if (key == "suites") suites = val
-                else if (key == "uris") { split(val, u, /[[:space:]]+/); uri = u[1] }
-                else if (key == "signed-by" && val !~ /^-----/) signed = val
-            }
-            END { if (!found) flush() }
-        ' "$f" | head -n1
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [[ -r "$f" ]] || continue
-        awk '
-            $1 != "deb" { next }
-            {
-                i = 2; signed = ""
-                if ($i ~ /^\[/) {
-                    while (i <= NF) {
-                        if ($i ~ /signed-by=/) { s = $i; sub(/.*signed-by=/, "", s); sub(/\]$/, "", s); signed = s }
-                        if ($i ~ /\]$/) { i++; break }
-                        i++
-                    }
-                }
-                if ($(i + 1) !~ /-security/) { print $i, signed; exit }
-            }
-        ' "$f"
-    done
-    shopt -u nullglob
-}
-
-orig_tarball() {
-    { compgen -G "$DOWNLOAD_DIR/${SOURCE_PACKAGE}_*.orig.tar.*" || true; } | grep -v '\.asc$' | head -n1 || true
-}
-
-have_source() {
-    compgen -G "$DOWNLOAD_DIR/${SOURCE_PACKAGE}_*.dsc" >/dev/null && [[ -n "$(orig_tarball)" ]]
-}
-
 fetch_source() {
-    if have_source; then
-        log "source: using cached $(basename "$(orig_tarball)")"
-        return 0
-    fi
-    local mirror signed
-    if [[ -n "${PKR_DEBIAN_MIRROR:-}" ]]; then
-        mirror="$PKR_DEBIAN_MIRROR"
-        signed=""
-    else
-        read -r mirror signed < <(find_mirror | head -n1) || true
-    fi
-    [[ -n "${mirror:-}" ]] || die "no Debian apt source found in /etc/apt (set PKR_DEBIAN_MIRROR)"
-    phase "source: downloading Debian $SUITE source package '$SOURCE_PACKAGE' from $mirror"
-
-    rm -rf "$APT_DIR" "$DOWNLOAD_DIR.partial"
-    mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial" "$DOWNLOAD_DIR.partial"
-    local opts=""
-    [[ -n "${signed:-}" ]] && opts="[signed-by=$signed] "
-    printf 'deb-src %s%s %s main\n' "$opts" "$mirror" "$SUITE" >"$APT_DIR/sources.list"
-    local apt=(apt-get -q
-        -o "Dir::Etc::SourceList=$APT_DIR/sources.list"
-        -o "Dir::Etc::SourceParts=/dev/null"
-        -o "Dir::State::Lists=$APT_DIR/lists"
-        -o "Dir::Cache=$APT_DIR/cache")
-    # The private dirs live in the caller's home; apt's _apt download user cannot read them.
-    [[ $EUID -eq 0 ]] && apt+=(-o "APT::Sandbox::User=root")
-
-    "${apt[@]}" update >"$APT_DIR/update.log" 2>&1 \
-        || { tail -n 20 "$APT_DIR/update.log" >&2; die "private apt-get update failed (log: $APT_DIR/update.log)"; }
-    (cd "$DOWNLOAD_DIR.partial" && "${apt[@]}" source --download-only "$SOURCE_PACKAGE") \
-        >"$APT_DIR/source.log" 2>&1 \
-        || { tail -n 20 "$APT_DIR/source.log" >&2; die "apt-get source $SOURCE_PACKAGE ($SUITE) failed (log: $APT_DIR/source.log)"; }
-    rm -rf "$DOWNLOAD_DIR"
-    mv "$DOWNLOAD_DIR.partial" "$DOWNLOAD_DIR"
-    have_source || die "downloaded files look incomplete: $(ls "$DOWNLOAD_DIR")"
-    rm -rf "$APT_DIR"   # the private index is only needed for this one download
-    log "source: $(du -sh "$DOWNLOAD_DIR" | cut -f1) in $DOWNLOAD_DIR"
+    debian_fetch_source "$SUITE" "$SOURCE_PACKAGE" "$DOWNLOAD_DIR" "$APT_DIR"
 }
 
 # --- unpack ------------------------------------------------------------------------------------
@@ -225,7 +107,7 @@ prepare_tree() {
         return 0
     fi
     local orig
-    orig="$(orig_tarball)"
+    orig="$(debian_orig_tarball "$DOWNLOAD_DIR" "$SOURCE_PACKAGE")"
     phase "tree: unpacking $(basename "$orig") (upstream source only, no Debian patches)"
     rm -rf "$TREE_DIR" "$TREE_DIR.partial"
     mkdir -p "$TREE_DIR.partial"
@@ -241,61 +123,21 @@ prepare_tree() {
 
 # --- build -------------------------------------------------------------------------------------
 
-STEP_PID=""
-# Called from traps only.
-# shellcheck disable=SC2317
-stop_step() {
-    if [[ -n "$STEP_PID" ]] && kill -0 "$STEP_PID" 2>/dev/null; then
-        # Each step runs in its own process group (setsid below): stop all of it.
-        kill -TERM -- "-$STEP_PID" 2>/dev/null || true
-    fi
-}
-
-# run_step NAME CMD...: run CMD in the tree, output appended to the build log, with a heartbeat.
-run_step() {
-    local name="$1"
-    shift
-    trap stop_step EXIT
-    trap 'stop_step; log "interrupted: build stopped (rerun to resume)"; exit 130' INT TERM
-    printf '\n===== %s: %s =====\n' "$name" "$*" >>"$BUILD_LOG"
-    (cd "$TREE_DIR" && exec setsid "$@") >>"$BUILD_LOG" 2>&1 </dev/null &
-    STEP_PID=$!
-    local t0=$SECONDS next=$((SECONDS + HEARTBEAT)) rc=0 last
-    while kill -0 "$STEP_PID" 2>/dev/null; do
-        sleep 1
-        if ((SECONDS >= next)) && kill -0 "$STEP_PID" 2>/dev/null; then
-            last="$(tail -n 1 "$BUILD_LOG" 2>/dev/null | cut -c1-100)"
-            log "$name: still running, $((SECONDS - t0))s elapsed; last: ${last:-<none>}"
-            next=$((SECONDS + HEARTBEAT))
-        fi
-    done
-    wait "$STEP_PID" || rc=$?
-    STEP_PID=""
-    trap - EXIT INT TERM
-    if ((rc != 0)); then
-        printf '%s\n' "----- last 40 lines of $BUILD_LOG -----" >&2
-        tail -n 40 "$BUILD_LOG" >&2
-        printf '%s\n' "-----" >&2
-        die "$name failed with exit code $rc after $((SECONDS - t0))s (full log: $BUILD_LOG)"
-    fi
-    log "$name: done in $((SECONDS - t0))s"
-}
-
 build() {
     : >"$BUILD_LOG"
     phase "build: configure, make -j$(nproc), make install into $PREFIX (log: $BUILD_LOG)"
     # configure again whenever the tree was not configured for this prefix.
     if [[ "$(cat "$TREE_DIR/.pkr-configured" 2>/dev/null || true)" != "$PREFIX" ]]; then
         rm -f "$TREE_DIR/.pkr-configured"
-        run_step configure ./configure --prefix="$PREFIX" --disable-test-modules
+        run_step configure "$TREE_DIR" "$BUILD_LOG" ./configure --prefix="$PREFIX" --disable-test-modules
         echo "$PREFIX" >"$TREE_DIR/.pkr-configured"
     fi
-    run_step make make -j"$(nproc)"
+    run_step make "$TREE_DIR" "$BUILD_LOG" make -j"$(nproc)"
     # Say which optional modules were left out (their -dev packages are not installed).
     grep -A3 -E 'necessary bits to build these optional modules were not found|Following modules built successfully but were removed|Failed to build these modules' \
         "$BUILD_LOG" | sed 's/^/    /' || true
     rm -rf "$PREFIX"
-    run_step install make install
+    run_step install "$TREE_DIR" "$BUILD_LOG" make install
 }
 
 check_interpreter() {
@@ -338,7 +180,7 @@ main() {
         return 0
     fi
     phase "building Python $VERSION (Debian $SUITE source) into $CACHE_DIR"
-    ensure_packages
+    debian_install "${PACKAGES[@]}"
     fetch_source
     prepare_tree
     build

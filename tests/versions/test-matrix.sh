@@ -53,7 +53,8 @@ for entry in "${matrix[@]}"; do
     python="$(tests/versions/build-python.sh "$python_version" | tail -n1)"
     slug="$(printf 'py%s-prefect%s' "$python_version" "$prefect_spec" | tr -c 'A-Za-z0-9.\n' '_')"
     venv=".venv-versions/$slug"
-    requirements=("$WHEEL" "prefect$prefect_spec" "${TEST_TOOLS[@]}" $(server_constraints "$prefect_spec"))
+    mapfile -t constraints < <(server_constraints "$prefect_spec")
+    requirements=("$WHEEL" "prefect$prefect_spec" "${TEST_TOOLS[@]}" "${constraints[@]}")
     wanted="$(sha256sum "$WHEEL" | cut -c1-16) ${requirements[*]}"
     if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.requirements" 2>/dev/null)" != "$wanted" ]]; then
         log "Python $python_version, prefect$prefect_spec: a new venv in $venv"

@@ -7,6 +7,9 @@
 //! deliberate difference: the flow's container is found by its name `prefect-job` wherever it
 //! sits among the containers (sidecars may come first): it is compared as if it came first,
 //! and two containers with that name are refused instead of silently editing the first one.
+//! Python's jsonpatch also pairs a removed value with an equal added one into a `move`, which
+//! lets a manifest without `completions` pass when another attribute happens to be 1; here a
+//! missing attribute is missing.
 
 use std::borrow::Cow;
 
