@@ -135,7 +135,7 @@ build() {
     run_step make "$TREE_DIR" "$BUILD_LOG" make -j"$(nproc)"
     # Say which optional modules were left out (their -dev packages are not installed).
     grep -A3 -E 'necessary bits to build these optional modules were not found|Following modules built successfully but were removed|Failed to build these modules' \
-        "$BUILD_LOG" | sed 's/^/    /' || true
+        "$BUILD_LOG" | sed 's/^/    /' >&2 || true
     rm -rf "$PREFIX"
     run_step install "$TREE_DIR" "$BUILD_LOG" make install
 }
