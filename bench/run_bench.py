@@ -55,6 +55,7 @@ sys.path[:0] = [str(BENCH), str(ROOT / "tests")]
 # The harness's own modules and the tests' testbed, found through sys.path (not packages).
 import plots  # noqa: E402
 import report  # noqa: E402
+import whole_worker  # noqa: E402
 from testbed_support import Testbed  # noqa: E402
 
 # The same job variables for every worker. The pod start wait is raised from its 60 s default:
@@ -508,6 +509,93 @@ def log_throughput(args: argparse.Namespace, bench: Bench, entrants: list[Conten
     return measurements
 
 
+# --- the whole worker: `prefect worker start` against a Prefect server -------------------------
+
+
+def whole_worker_entrants(entrants: list[Contender]) -> list[whole_worker.Entrant]:
+    """Each worker as a user starts it; prefect-kubernetes 0.7+ twice: with its observer (its
+    default) and without."""
+    found = []
+    for contender in entrants:
+        ours = contender.package == "prefect-kubernetes-rs"
+        cli = contender.python.parent / "prefect"
+        worker_type = "kubernetes-rs" if ours else "kubernetes"
+        if ours or contender.follows_runs:
+            found.append(whole_worker.Entrant(contender.name, cli, worker_type, True))
+            continue
+        found.append(
+            whole_worker.Entrant(f"{contender.name} (observer on)", cli, worker_type, False)
+        )
+        found.append(
+            whole_worker.Entrant(
+                f"{contender.name} (observer off)",
+                cli,
+                worker_type,
+                False,
+                {"PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_ENABLED": "false"},
+            )
+        )
+    return found
+
+
+def whole_worker_behaviour(args: argparse.Namespace) -> dict[str, str]:
+    return following_behaviour(args) | {"log-stamps": "true"}
+
+
+def whole_worker_mode(
+    args: argparse.Namespace,
+    bench: whole_worker.WholeWorkerBench,
+    entrants: list[whole_worker.Entrant],
+) -> dict[str, Any]:
+    print("==> Whole worker: prefect worker start against a Prefect server", flush=True)
+    following = whole_worker_behaviour(args)
+    measurements = []
+    for namespaces in args.ww_namespaces:
+        for runs in args.ww_runs:
+            repetitions = args.ww_large_repetitions if runs >= 1000 else args.ww_repetitions
+            for repetition in range(repetitions):
+                shift = repetition % len(entrants)
+                for entrant in entrants[shift:] + entrants[:shift]:
+                    # Without its observer prefect-kubernetes only creates Jobs: measured on
+                    # one namespace (more namespaces change nothing it does).
+                    if entrant.env and namespaces > 1:
+                        continue
+                    result = bench.measure(entrant, runs, namespaces, following)
+                    result.update(repetition=repetition, scenario="follow")
+                    measurements.append(result)
+    crashing = {"exit-code": "1", "run-seconds": "5", "log-lines": "5", "log-stamps": "true"}
+    crashes = []
+    print("==> Whole worker: runs whose container fails (exit 1)", flush=True)
+    for repetition in range(args.ww_repetitions):
+        for entrant in entrants:
+            result = bench.measure(entrant, args.ww_crash_runs, 1, crashing)
+            result.update(repetition=repetition, scenario="crash")
+            crashes.append(result)
+    return {
+        "following_pod": following,
+        "crashing_pod": crashing,
+        "entrants": [
+            {
+                "name": e.name,
+                "worker_type": e.worker_type,
+                "follows_runs": e.follows_runs,
+                "env": e.env,
+            }
+            for e in entrants
+        ],  # fmt: skip
+        "following": measurements,
+        "crashing": crashes,
+    }
+
+
+def venv_packages(python: Path) -> list[str]:
+    """The full package list of a worker's venv, stored with the results."""
+    listed = subprocess.run(
+        [str(python), "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True
+    )
+    return listed.stdout.split()
+
+
 # --- the machine ------------------------------------------------------------------------------
 
 
@@ -578,6 +666,29 @@ def parse_args() -> argparse.Namespace:
     size.add_argument("--config-warmup", type=int, default=2)
     size.add_argument("--config-runs-rust", type=int, default=2000, help="runs per round")
     size.add_argument("--config-runs-python", type=int, default=100, help="runs per round")
+    whole = parser.add_argument_group("whole-worker mode (--whole-worker)")
+    whole.add_argument(
+        "--ww-runs",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[10, 100, 1000, 3000],
+        help="runs released at once, comma-separated",
+    )
+    whole.add_argument(
+        "--ww-namespaces",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 20],
+        help="namespaces the runs are spread over, comma-separated",
+    )
+    whole.add_argument("--ww-repetitions", type=int, default=3, help="below 1000 runs")
+    whole.add_argument("--ww-large-repetitions", type=int, default=5, help="at 1000 runs or more")
+    whole.add_argument("--ww-crash-runs", type=int, default=100, help="runs whose container fails")
+    parser.add_argument(
+        "--whole-worker",
+        action="store_true",
+        help="in progress (issue 15), not yet the default: each worker started by `prefect "
+        "worker start` against a PostgreSQL-backed Prefect server, instead of its run() "
+        "called by a driver with no Prefect server",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a few minutes: N=10,100, one repetition, shorter runs"
     )
@@ -602,6 +713,12 @@ def parse_args() -> argparse.Namespace:
         args.log_lines = 200_000
         args.config_rounds = 3
         args.config_warmup = 1
+        args.ww_runs = [10, 100]
+        args.ww_namespaces = [1]
+        args.ww_repetitions = 1
+        args.ww_large_repetitions = 1
+        args.ww_crash_runs = 10
+    args.job_variables = JOB_VARIABLES
     return args
 
 
@@ -637,6 +754,8 @@ def main() -> None:
         "template_from": latest.name,
         "job_variables": JOB_VARIABLES,
         "following_pod": following_behaviour(args),
+        "mode": "whole-worker" if args.whole_worker else "run-only",
+        "venv_packages": {c.name: venv_packages(c.python) for c in entrants},
     }
     results["configuration_path"] = configuration_path(args, entrants, template_path)
 
@@ -648,9 +767,20 @@ def main() -> None:
         # plane, which moves the API server's watch gauges: one throwaway measurement first.
         print("==> Testbed warm-up (not counted)", flush=True)
         bench.measure(entrants[0], "follow", 10, {"run-seconds": "2"})
-        results["log_throughput"] = log_throughput(args, bench, entrants)
+        if not args.whole_worker:
+            results["log_throughput"] = log_throughput(args, bench, entrants)
+            results["following"] = following(args, bench, entrants)
+        else:
+            whole = whole_worker.WholeWorkerBench(
+                args, bed, bench.api, json.loads(template_path.read_text()), work_dir
+            ).start()
+            try:
+                results["whole_worker"] = whole_worker_mode(
+                    args, whole, whole_worker_entrants(entrants)
+                )
+            finally:
+                whole.stop()
         results["submission"] = submission(args, bench, entrants)
-        results["following"] = following(args, bench, entrants)
     finally:
         bed.stop()
     results["bench_seconds"] = time.monotonic() - started

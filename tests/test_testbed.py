@@ -263,6 +263,37 @@ def test_scripted_behaviours_look_like_a_real_kubelet(testbed, behaviour, check)
     testbed.kubectl("delete", "job", name, "--cascade=foreground", "--wait=false")
 
 
+def test_log_stamps_give_each_line_and_the_end_their_microsecond(testbed):
+    """`make bench` times log lines and run ends with these stamps: each line carries the time
+    of its writing, in order, and the termination message the time the script ended, after
+    the last line and at least run-seconds after the first."""
+    name = unique("stamps")
+    annotations = {
+        "testbed.prefect.io/mode": "script",
+        "testbed.prefect.io/log-stamps": "true",
+        "testbed.prefect.io/log-lines": "3",
+        "testbed.prefect.io/run-seconds": "1.5",
+    }
+    before = time.time()
+    apply(testbed, job_manifest(name, annotations=annotations))
+
+    def ended():
+        pods = get_json(testbed, "pods", "-l", f"job-name={name}")["items"]
+        return pods[0] if pods and _terminated(pods[0]) else None
+
+    pod = wait_until(ended, timeout=60)
+    after = time.time()
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    log = testbed.kubectl("logs", pod["metadata"]["name"]).stdout.splitlines()
+    stamps = [int(line.rsplit(" @", 1)[1]) / 1e6 for line in log]
+    assert [line.rsplit(" @", 1)[0] for line in log] == ["line 1", "line 2", "line 3"]
+    label, _, ended_at = terminated["message"].partition(" @")
+    assert label == "ended"
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= int(ended_at) / 1e6 <= after
+    assert int(ended_at) / 1e6 - stamps[0] >= 1.5
+    testbed.kubectl("delete", "job", name, "--cascade=foreground", "--wait=false")
+
+
 def _terminated(pod: dict) -> tuple[int, str] | None:
     for status in pod["status"].get("containerStatuses", []):
         terminated = status.get("state", {}).get("terminated")

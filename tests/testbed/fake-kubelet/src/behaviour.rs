@@ -28,6 +28,7 @@ const SCRIPT_KEYS: &[&str] = &[
     "restart-count",
     "ignore-sigterm",
     "termination-message",
+    "log-stamps",
 ];
 
 /// Keys valid in both modes.
@@ -114,6 +115,11 @@ pub struct ScriptSpec {
     pub restart_count: u32,
     pub ignore_sigterm: bool,
     pub termination_message: Option<String>,
+    /// Each line ends with ` @<unix microseconds>` of its writing, and the termination message
+    /// (unless one is given) is `ended @<unix microseconds>` of the script's end: what a
+    /// benchmark needs to time log lines and run ends to the worker's output, which the API's
+    /// second-resolution timestamps cannot.
+    pub log_stamps: bool,
 }
 
 impl Default for ScriptSpec {
@@ -131,6 +137,7 @@ impl Default for ScriptSpec {
             restart_count: 0,
             ignore_sigterm: false,
             termination_message: None,
+            log_stamps: false,
         }
     }
 }
@@ -332,6 +339,7 @@ impl<'a> Annotations<'a> {
             restart_count: self.count("restart-count", c).unwrap_or(0),
             ignore_sigterm: self.flag("ignore-sigterm", c),
             termination_message: self.string("termination-message", c),
+            log_stamps: self.flag("log-stamps", c),
         };
         ContainerBehaviour {
             start_delay: self

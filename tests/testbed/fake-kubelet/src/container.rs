@@ -558,7 +558,11 @@ impl Driver {
                     break;
                 }
             }
-            buf.push_now(line);
+            if s.log_stamps {
+                buf.push_now(stamped(line));
+            } else {
+                buf.push_now(line);
+            }
         }
         if stop.is_none() {
             let end = t0 + s.run;
@@ -567,6 +571,9 @@ impl Driver {
                 stop = self.sleep(end - now).await;
             }
         }
+        let ended_stamp = s
+            .log_stamps
+            .then(|| String::from_utf8_lossy(&stamped(b"ended".to_vec())).into_owned());
         let failed_try = attempt < s.restart_count;
         let (code, reason, stopped) = match stop {
             None if failed_try => (1, "Error", false),
@@ -601,11 +608,18 @@ impl Driver {
         Outcome::Exited {
             code,
             reason: reason.into(),
-            message: s.termination_message.clone(),
+            message: s.termination_message.clone().or(ended_stamp),
             started: Some(started),
             stopped,
         }
     }
+}
+
+/// `line` with ` @<unix microseconds>` of now appended (the `log-stamps` annotation).
+fn stamped(mut line: Vec<u8>) -> Vec<u8> {
+    let micros = Utc::now().timestamp_micros();
+    line.extend_from_slice(format!(" @{micros}").as_bytes());
+    line
 }
 
 async fn wait_stop(rx: &mut watch::Receiver<Option<StopReq>>) -> StopReq {
