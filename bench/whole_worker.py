@@ -178,7 +178,8 @@ class OutputReader(threading.Thread):
 
     def run(self) -> None:
         carried = b""
-        with open(self.log, "wb") as log:
+        # Unbuffered: the harness reads this file while the worker runs (its start line).
+        with open(self.log, "wb", buffering=0) as log:
             while chunk := self.stream.read1(1 << 16):
                 now_us = time.time() * 1e6
                 log.write(chunk)
@@ -205,7 +206,8 @@ class PrefectApi:
         for attempt in range(10):
             response = self.http.post(path, json=body)
             if response.status_code < 500:
-                response.raise_for_status()
+                if response.is_error:
+                    raise RuntimeError(f"{path} answered {response.status_code}: {response.text}")
                 return response.json() if response.content else None
             time.sleep(1 + attempt)
         response.raise_for_status()
@@ -214,7 +216,7 @@ class PrefectApi:
         self.http.patch(path, json=body).raise_for_status()
 
     def events(self, event_filter: dict[str, Any]) -> list[dict[str, Any]]:
-        page = self.post("/events/filter", {"filter": event_filter, "limit": 200})
+        page = self.post("/events/filter", {"filter": event_filter, "limit": 50})
         found = list(page["events"])
         while page.get("next_page"):
             response = self.http.get(page["next_page"])
