@@ -132,7 +132,7 @@ $(STAMP)-bench: $(STAMP)-venv
 	touch $@
 
 .PHONY: bench
-bench: install testbed $(STAMP)-bench $(BENCH_PYTHON_WORKERS:%=$(BENCH_VENVS)/pk-%/.stamp) ## This worker vs prefect-kubernetes 0.5.x and latest on the testbed (~15 min); writes bench/results/
+bench: install testbed $(STAMP)-bench $(BENCH_PYTHON_WORKERS:%=$(BENCH_VENVS)/pk-%/.stamp) ## prefect worker start: this worker vs prefect-kubernetes 0.5.x and latest on the testbed (hours; BENCH_ARGS=--quick ~20 min, --resume, --run-only); writes bench/results/
 	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 # The release files: an abi3 wheel (CPython >= 3.10) for manylinux2014 (x86_64, glibc >= 2.17:

@@ -25,14 +25,31 @@ def colours(names: list[str]) -> dict[str, str]:
     return {name: OURS_COLOUR if name == OURS else next(others) for name in names}
 
 
+def against_runs(axes: Any, log_y: bool, xlabel: str, title: str) -> None:
+    """A panel of a per-run cost against the runs in flight: log x, log y where it spans decades."""
+    axes.set_xscale("log")
+    if log_y:
+        axes.set_yscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def save(figure: Any, path: Path, title: str) -> None:
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def headline(summary: dict[str, Any], path: Path) -> None:
     """How many times less ours needs than the reference worker, with each target's line."""
     rows = []
     for target in summary["targets"]:
-        if target["ours"] and target["theirs"]:
+        if target["ours"] and target["theirs"] and target.get("goal_ratio") is not False:
             # Smaller is better for every one of these: the ratio is theirs / ours.
             ratio = target["theirs"] / target["ours"]
-            rows.append((target["target"], ratio, target["met"], target["goal_ratio"]))
+            rows.append((target["target"], ratio, target["met"], target.get("goal_ratio")))
     figure, axes = plt.subplots(figsize=(11, 0.6 * len(rows) + 1.8))
     labels = [row[0] for row in rows]
     ratios = [row[1] for row in rows]
@@ -93,17 +110,9 @@ def following(summary: dict[str, Any], path: Path, follows: dict[str, bool]) -> 
                 color=palette[name],
                 label=label,
             )
-        axes.set_xscale("log")
-        if log_scale:
-            axes.set_yscale("log")
-        axes.set_xlabel("flow runs in flight")
-        axes.set_title(title)
-        axes.grid(True, which="both", alpha=0.3)
+        against_runs(axes, log_scale, "flow runs in flight", title)
     grid.flat[0].legend(fontsize=8)
-    figure.suptitle("Following N flow runs at once (median, range over repetitions)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save(figure, path, "Following N flow runs at once (median, range over repetitions)")
 
 
 def timeline(results: dict[str, Any], path: Path) -> bool:
@@ -192,11 +201,121 @@ def latency_and_logs(summary: dict[str, Any], path: Path) -> None:
 
 def draw(results: dict[str, Any], summary: dict[str, Any], directory: Path) -> list[str]:
     follows = {c["name"]: c["follows_runs"] for c in results["contenders"]}
-    written = ["headline.png", "following.png"]
+    written = ["headline.png"]
     headline(summary, directory / "headline.png")
-    following(summary, directory / "following.png", follows)
-    if timeline(results, directory / "timeline.png"):
-        written.append("timeline.png")
+    # A file a mode does not draw is removed, so the directory holds only this run's plots.
+    drawn = {
+        "curve.png": "whole_worker" in summary and curve(summary, directory / "curve.png"),
+        "latencies.png": "whole_worker" in summary
+        and latencies(summary, directory / "latencies.png"),
+        "following.png": bool(summary["following"]),
+        "timeline.png": bool(summary["following"])
+        and timeline(results, directory / "timeline.png"),
+    }
+    if drawn["following.png"]:
+        following(summary, directory / "following.png", follows)
+    for name, made in drawn.items():
+        if made:
+            written.append(name)
+        else:
+            (directory / name).unlink(missing_ok=True)
     latency_and_logs(summary, directory / "latency-and-logs.png")
     written.append("latency-and-logs.png")
     return written
+
+
+# --- the whole worker ------------------------------------------------------------------------
+
+
+def curve(summary: dict[str, Any], path: Path) -> bool:
+    """The scaling curve: per-run costs against runs in flight (log x), one line per worker and
+    namespace count, the range over repetitions as error bars."""
+    following = summary["whole_worker"]["following"]
+    panels = [
+        ("cpu_ms_per_run", "CPU ms per run", True),
+        ("rss_growth_kib_per_run_in_flight", "RSS growth per run in flight (KiB)", True),
+        ("requests_per_run", "API requests per run", True),
+        ("peak_watches", "watches at the peak", False),
+        ("peak_connections", "TCP connections to the API server", True),
+        ("log_line_p99_ms", "log line p99 (ms)", True),
+    ]
+    names = list(following)
+    if not names:
+        return False
+    palette = colours(names)
+    figure, grid = plt.subplots(2, 3, figsize=(15, 8.5))
+    for axes, (key, label, log_y) in zip(grid.flat, panels, strict=True):
+        for name in names:
+            for namespaces, by_runs in following[name].items():
+                points = [
+                    (runs, row[key])
+                    for runs, row in sorted(by_runs.items())
+                    # A log axis shows no zero: a worker with none of it has no line here.
+                    if row.get(key) is not None and (row[key]["median"] > 0 or not log_y)
+                ]
+                if not points:
+                    continue
+                xs = [runs for runs, _ in points]
+                medians = [value["median"] for _, value in points]
+                errors = [
+                    [value["median"] - value["min"] for _, value in points],
+                    [value["max"] - value["median"] for _, value in points],
+                ]
+                axes.errorbar(
+                    xs,
+                    medians,
+                    yerr=errors,
+                    color=palette[name],
+                    linestyle="-" if namespaces == 1 else "--",
+                    marker="o" if namespaces == 1 else "s",
+                    markersize=4,
+                    capsize=3,
+                    label=f"{name}, {namespaces} ns",
+                )
+        against_runs(axes, log_y, "runs in flight (log scale)", label)
+    grid.flat[0].legend(fontsize=7)
+    save(figure, path, "The whole worker against runs in flight (solid: 1 namespace, dashed: 20)")
+    return True
+
+
+def latencies(summary: dict[str, Any], path: Path) -> bool:
+    """Latency distributions (CDFs) at the largest N on one namespace, first good repetition;
+    the crash panel from the failing-container scenario."""
+    whole = summary["whole_worker"]
+    panels = [
+        ("following", "log_line_ms", "log line: written in the pod to the worker's stdout"),
+        ("following", "run_end_reported_ms", "container's end to the run's end reported"),
+        ("following", "job_to_first_pod_event_ms", "Job created to the first pod event"),
+        ("crashing", "crash_reported_ms", "container's failure to the run Crashed"),
+    ]
+    figure, grid = plt.subplots(1, 4, figsize=(18, 4.5))
+    palette = colours(list(whole["following"]))
+    drawn = False
+    for axes, (scenario, key, title) in zip(grid.flat, panels, strict=True):
+        for name, by_namespaces in whole[scenario].items():
+            by_runs = by_namespaces.get(1, {})
+            if not by_runs:
+                continue
+            largest = max(by_runs)
+            example = by_runs[largest]["example"]
+            quantiles = (example or {}).get("distributions", {}).get(key) or []
+            if not quantiles:
+                continue
+            fractions = [step / 20 for step in range(20)] + [1.0]
+            axes.plot(
+                [max(value, 0.1) for value in quantiles],
+                fractions,
+                color=palette.get(name, "#868e96"),
+                label=f"{name} ({largest:,} runs)",
+            )
+            drawn = True
+        axes.set_xscale("log")
+        axes.set_xlabel("ms (log scale)")
+        axes.set_ylabel("fraction of runs / lines")
+        axes.set_title(title, fontsize=9)
+        axes.grid(True, which="both", alpha=0.25)
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return drawn

@@ -7,19 +7,29 @@ one run; writes `bench/results/latest.json`, `bench/results/README.md` and PNG p
 
     make bench                                   # sets everything up, then runs this
     .venv/bin/python bench/run_bench.py          # the same, once the venvs exist
-    .venv/bin/python bench/run_bench.py --quick  # a few minutes: smaller N, one repetition
+    .venv/bin/python bench/run_bench.py --quick  # smaller N, one repetition
+    .venv/bin/python bench/run_bench.py --resume # carry on an interrupted run
+    .venv/bin/python bench/run_bench.py --run-only  # run() alone, no Prefect server
 
 What is measured (see `--help` for the sizes):
-1. configuration path per run (template + validate + prepare): `bench/config_path.py`;
-2. following N runs at once: worker CPU per run, peak RSS and its growth per run in flight,
-   API requests per run by verb and open watches / long-running requests at the peak;
-3. submission latency, `run()` called to the Job created and its pid reported: p50 and p99;
-4. log throughput of one run: lines per second to the worker's stdout, CPU per million lines.
+1. the whole worker (`bench/whole_worker.py`; not with `--run-only`): `prefect worker start`
+   against a PostgreSQL-backed Prefect server, runs released at once from a paused pool: CPU
+   and RSS of the worker's process tree, requests, watches and TCP connections, latencies of a
+   log line, a run's end, a crash and the first pod event, over 10 to 3,000 runs and 1 or 20
+   namespaces; 0.8.0 with its observer on and off;
+2. configuration path per run (template + validate + prepare): `bench/config_path.py`, and the
+   latest release once more with Prefect's settings serialised once, as ours does;
+3. with `--run-only`: following N runs at once through `run()`: worker CPU per run, peak RSS
+   and its growth per run in flight, API requests per run by verb and the watches at the peak;
+4. submission latency, `run()` called to the Job created and its pid reported: p50 and p99 at
+   N = 1 and each `--submit-at-once`;
+5. log throughput of one run: lines per second to the worker's stdout, CPU per million lines.
 
-Every worker process runs `bench/worker_driver.py`. It reaches the API server through the
-testbed's fault proxy (with no faults set), which counts that worker's requests alone; the API
-server's own `/metrics` cannot tell its clients apart but gives the registered watches. Each
-measurement gets a fresh namespace, deleted before the next one starts.
+Apart from the whole worker, every worker process runs `bench/worker_driver.py`. Each reaches
+the API server through the testbed's fault proxy (with no faults set), which counts that
+worker's requests alone; the API server's own `/metrics` cannot tell its clients apart but
+gives the registered watches. Each measurement gets a fresh namespace, deleted before the next
+one starts.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import argparse
 import base64
 import collections
 import datetime
+import functools
 import json
 import os
 import platform
@@ -49,6 +60,8 @@ import yaml
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
+# Each whole-worker measurement as it ends, one JSON object per line: what `--resume` keeps.
+PARTIAL = RESULTS / "whole-worker.partial.jsonl"
 DRIVER = BENCH / "worker_driver.py"
 sys.path[:0] = [str(BENCH), str(ROOT / "tests")]
 
@@ -56,6 +69,7 @@ sys.path[:0] = [str(BENCH), str(ROOT / "tests")]
 import plots  # noqa: E402
 import report  # noqa: E402
 import whole_worker  # noqa: E402
+from apiserver_metrics import raise_peaks, requests_between  # noqa: E402
 from testbed_support import Testbed  # noqa: E402
 
 # The same job variables for every worker. The pod start wait is raised from its 60 s default:
@@ -188,28 +202,6 @@ class KubeApi:
         self.request("DELETE", f"/api/v1/namespaces/{name}")
 
 
-def metric_sum(metrics: dict[str, float], prefix: str) -> float:
-    return sum(value for key, value in metrics.items() if key.startswith(prefix))
-
-
-def watch_count(metrics: dict[str, float]) -> float:
-    return metric_sum(metrics, "apiserver_registered_watchers:")
-
-
-def long_running_count(metrics: dict[str, float]) -> float:
-    return metric_sum(metrics, "apiserver_longrunning_gauge:") + metric_sum(
-        metrics, "apiserver_longrunning_requests:"
-    )
-
-
-def request_counts(metrics: dict[str, float]) -> dict[str, float]:
-    return {
-        key.split(":", 1)[1]: value
-        for key, value in metrics.items()
-        if key.startswith("apiserver_request_total:")
-    }
-
-
 LINE_MARKER = b"line "
 
 
@@ -331,14 +323,7 @@ class Bench:
                 break
             if now >= next_sample:
                 next_sample = now + self.args.metrics_seconds
-                sample = self.api.metrics()
-                peak["watches"] = max(
-                    peak["watches"], watch_count(sample) - watch_count(metrics_before)
-                )
-                peak["long_running"] = max(
-                    peak["long_running"],
-                    long_running_count(sample) - long_running_count(metrics_before),
-                )
+                raise_peaks(peak, self.api.metrics(), metrics_before)
             time.sleep(0.2)
         process.wait()
         counter.join(timeout=30)
@@ -364,11 +349,7 @@ class Bench:
             },
             "apiserver_peak_watches_added": peak["watches"],
             "apiserver_peak_long_running_added": peak["long_running"],
-            "apiserver_requests_during": {
-                key: value - request_counts(metrics_before).get(key, 0.0)
-                for key, value in request_counts(metrics_after).items()
-                if value - request_counts(metrics_before).get(key, 0.0) > 0
-            },
+            "apiserver_requests_during": requests_between(metrics_before, metrics_after),
         }
         if out_path.exists() and not timed_out:
             result["driver"] = compact(json.loads(out_path.read_text()))
@@ -406,8 +387,13 @@ def compact(driver: dict[str, Any], max_samples: int = 300) -> dict[str, Any]:
 def configuration_path(args: argparse.Namespace, entrants: list[Contender], template: Path) -> dict:
     print("==> Configuration path (template + validate + prepare)", flush=True)
     results = {}
-    for contender in entrants:
-        out = template.parent / f"config-path-{contender.slug}.json"
+    latest = next((c for c in entrants if not c.follows_runs), None)
+    # The latest release once more with Prefect's settings serialised once, as ours does: the
+    # table then shows what that cache gives and what the rest (Rust) gives.
+    cached = [(latest, report.CACHED_SETTINGS)] if latest else []
+    for contender, variant in [(c, "") for c in entrants] + cached:
+        name = contender.name + variant
+        out = template.parent / f"config-path-{contender.slug}{'-cached' if variant else ''}.json"
         ours = contender.package == "prefect-kubernetes-rs"
         runs = args.config_runs_rust if ours else args.config_runs_python
         subprocess.run(
@@ -426,7 +412,8 @@ def configuration_path(args: argparse.Namespace, entrants: list[Contender], temp
                 str(runs),
                 "--json-out",
                 str(out),
-            ],
+            ]
+            + (["--cache-settings"] if variant else []),
             check=True,
             env=os.environ
             | {
@@ -434,8 +421,8 @@ def configuration_path(args: argparse.Namespace, entrants: list[Contender], temp
                 "PREFECT_HOME": str(template.parent),
             },
         )
-        results[contender.name] = json.loads(out.read_text())
-        print(f"  {contender.name}: {results[contender.name]['median_ms']:.3f} ms", flush=True)
+        results[name] = json.loads(out.read_text())
+        print(f"  {name}: {results[name]['median_ms']:.3f} ms", flush=True)
     ours = results[entrants[0].name]
     for result in results.values():
         result["same_job_as_ours"] = result["job_manifest"] == ours["job_manifest"]
@@ -487,10 +474,12 @@ def submission(args: argparse.Namespace, bench: Bench, entrants: list[Contender]
     for repetition in range(args.repetitions):
         for contender in entrants:
             one = bench.measure(contender, "submit", 1, behaviour, rounds=args.submit_one_by_one)
-            burst = bench.measure(contender, "submit", args.submit_at_once, behaviour)
-            for result, at_once in ((one, 1), (burst, args.submit_at_once)):
-                result.update(repetition=repetition, at_once=at_once)
-                measurements.append(result)
+            one.update(repetition=repetition, at_once=1)
+            measurements.append(one)
+            for at_once in args.submit_at_once:
+                burst = bench.measure(contender, "submit", at_once, behaviour)
+                burst.update(repetition=repetition, at_once=at_once)
+                measurements.append(burst)
     return measurements
 
 
@@ -538,17 +527,56 @@ def whole_worker_entrants(entrants: list[Contender]) -> list[whole_worker.Entran
     return found
 
 
-def whole_worker_behaviour(args: argparse.Namespace) -> dict[str, str]:
-    return following_behaviour(args) | {"log-stamps": "true"}
+def whole_worker_behaviour(args: argparse.Namespace, runs: int) -> dict[str, str]:
+    """The pods of a whole-worker measurement: they run long enough for the runs released
+    together to be in flight together (Prefect's server hands them out at its own pace, a few
+    a second on this machine), with the same number of stamped lines spread over the run."""
+    base = following_behaviour(args)
+    seconds = max(args.run_seconds, runs * args.ww_pod_seconds_per_run)
+    lines = int(base["log-lines"])
+    return base | {
+        "run-seconds": f"{seconds:g}",
+        "log-interval-ms": f"{seconds * 1000 / lines:g}",
+        "log-stamps": "true",
+    }
+
+
+class Checkpoint:
+    """Whole-worker measurements written to PARTIAL as each ends (the full mode takes hours):
+    `--resume` keeps those of an interrupted run with the same source and settings."""
+
+    def __init__(self, path: Path, identity: dict[str, Any], resume: bool) -> None:
+        self.path = path
+        self.kept: dict[str, dict[str, Any]] = {}
+        lines = path.read_text().splitlines() if resume and path.exists() else []
+        if lines and json.loads(lines[0]) == identity:
+            for line in lines[1:]:
+                measurement = json.loads(line)
+                self.kept[measurement.pop("checkpoint_key")] = measurement
+            print(f"==> Resuming: {len(self.kept)} measurement(s) kept from {path}", flush=True)
+        else:
+            if lines:
+                print(f"==> {path} is from another source or settings: starting over", flush=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(identity) + "\n")
+
+    def measure(self, key: str, make: Any) -> dict[str, Any]:
+        if key in self.kept:
+            print(f"  {key}: kept from the interrupted run", flush=True)
+            return self.kept[key]
+        result = make()
+        with open(self.path, "a") as partial:
+            partial.write(json.dumps(result | {"checkpoint_key": key}) + "\n")
+        return result
 
 
 def whole_worker_mode(
     args: argparse.Namespace,
     bench: whole_worker.WholeWorkerBench,
     entrants: list[whole_worker.Entrant],
+    checkpoint: Checkpoint,
 ) -> dict[str, Any]:
     print("==> Whole worker: prefect worker start against a Prefect server", flush=True)
-    following = whole_worker_behaviour(args)
     measurements = []
     for namespaces in args.ww_namespaces:
         for runs in args.ww_runs:
@@ -560,7 +588,16 @@ def whole_worker_mode(
                     # one namespace (more namespaces change nothing it does).
                     if entrant.env and namespaces > 1:
                         continue
-                    result = bench.measure(entrant, runs, namespaces, following)
+                    result = checkpoint.measure(
+                        f"follow/{entrant.slug}/{runs}x{namespaces}/{repetition}",
+                        functools.partial(
+                            bench.measure,
+                            entrant,
+                            runs,
+                            namespaces,
+                            whole_worker_behaviour(args, runs),
+                        ),
+                    )
                     result.update(repetition=repetition, scenario="follow")
                     measurements.append(result)
     crashing = {"exit-code": "1", "run-seconds": "5", "log-lines": "5", "log-stamps": "true"}
@@ -568,11 +605,15 @@ def whole_worker_mode(
     print("==> Whole worker: runs whose container fails (exit 1)", flush=True)
     for repetition in range(args.ww_repetitions):
         for entrant in entrants:
-            result = bench.measure(entrant, args.ww_crash_runs, 1, crashing)
+            result = checkpoint.measure(
+                f"crash/{entrant.slug}/{args.ww_crash_runs}x1/{repetition}",
+                functools.partial(bench.measure, entrant, args.ww_crash_runs, 1, crashing),
+            )
             result.update(repetition=repetition, scenario="crash")
             crashes.append(result)
     return {
-        "following_pod": following,
+        "following_pod": following_behaviour(args) | {"log-stamps": "true"},
+        "pod_seconds_per_run": args.ww_pod_seconds_per_run,
         "crashing_pod": crashing,
         "entrants": [
             {
@@ -660,13 +701,18 @@ def parse_args() -> argparse.Namespace:
     size.add_argument("--run-seconds", type=float, default=20, help="how long each pod runs")
     size.add_argument("--log-lines-per-second", type=float, default=2, help="per pod")
     size.add_argument("--submit-one-by-one", type=int, default=20, help="N=1 submissions")
-    size.add_argument("--submit-at-once", type=int, default=100)
+    size.add_argument(
+        "--submit-at-once",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[100, 1000],
+        help="runs submitted at once, comma-separated (N = 1 is --submit-one-by-one)",
+    )
     size.add_argument("--log-lines", type=int, default=1_000_000, help="log throughput run")
     size.add_argument("--config-rounds", type=int, default=7)
     size.add_argument("--config-warmup", type=int, default=2)
     size.add_argument("--config-runs-rust", type=int, default=2000, help="runs per round")
     size.add_argument("--config-runs-python", type=int, default=100, help="runs per round")
-    whole = parser.add_argument_group("whole-worker mode (--whole-worker)")
+    whole = parser.add_argument_group("whole-worker mode (the default)")
     whole.add_argument(
         "--ww-runs",
         type=lambda text: [int(n) for n in text.split(",")],
@@ -682,12 +728,24 @@ def parse_args() -> argparse.Namespace:
     whole.add_argument("--ww-repetitions", type=int, default=3, help="below 1000 runs")
     whole.add_argument("--ww-large-repetitions", type=int, default=5, help="at 1000 runs or more")
     whole.add_argument("--ww-crash-runs", type=int, default=100, help="runs whose container fails")
+    whole.add_argument(
+        "--ww-pod-seconds-per-run",
+        type=float,
+        default=0.25,
+        help="pods run this many seconds per run released (at least --run-seconds), so the "
+        "runs are in flight together",
+    )
     parser.add_argument(
-        "--whole-worker",
+        "--run-only",
         action="store_true",
-        help="in progress (issue 15), not yet the default: each worker started by `prefect "
-        "worker start` against a PostgreSQL-backed Prefect server, instead of its run() "
-        "called by a driver with no Prefect server",
+        help="instead of the whole worker (`prefect worker start` against a Prefect server), "
+        "each worker's run() called by a driver with no Prefect server: for profiling",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the whole-worker measurements an interrupted run of the same source left "
+        f"in {PARTIAL.relative_to(ROOT)} and measure only the rest",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a few minutes: N=10,100, one repetition, shorter runs"
@@ -718,6 +776,7 @@ def parse_args() -> argparse.Namespace:
         args.ww_repetitions = 1
         args.ww_large_repetitions = 1
         args.ww_crash_runs = 10
+        args.submit_at_once = [100]
     args.job_variables = JOB_VARIABLES
     return args
 
@@ -754,7 +813,7 @@ def main() -> None:
         "template_from": latest.name,
         "job_variables": JOB_VARIABLES,
         "following_pod": following_behaviour(args),
-        "mode": "whole-worker" if args.whole_worker else "run-only",
+        "mode": "run-only" if args.run_only else "whole-worker",
         "venv_packages": {c.name: venv_packages(c.python) for c in entrants},
     }
     results["configuration_path"] = configuration_path(args, entrants, template_path)
@@ -767,16 +826,21 @@ def main() -> None:
         # plane, which moves the API server's watch gauges: one throwaway measurement first.
         print("==> Testbed warm-up (not counted)", flush=True)
         bench.measure(entrants[0], "follow", 10, {"run-seconds": "2"})
-        if not args.whole_worker:
-            results["log_throughput"] = log_throughput(args, bench, entrants)
+        results["log_throughput"] = log_throughput(args, bench, entrants)
+        if args.run_only:
             results["following"] = following(args, bench, entrants)
         else:
+            identity = {
+                "source": results["machine"].get("source"),
+                "settings": {k: v for k, v in results["settings"].items() if k != "resume"},
+            }
+            checkpoint = Checkpoint(PARTIAL, identity, args.resume)
             whole = whole_worker.WholeWorkerBench(
                 args, bed, bench.api, json.loads(template_path.read_text()), work_dir
             ).start()
             try:
                 results["whole_worker"] = whole_worker_mode(
-                    args, whole, whole_worker_entrants(entrants)
+                    args, whole, whole_worker_entrants(entrants), checkpoint
                 )
             finally:
                 whole.stop()
@@ -793,6 +857,8 @@ def main() -> None:
     images = plots.draw(results, summary, args.results)
     (args.results / "README.md").write_text(report.markdown(results, summary, images))
     print((args.results / "README.md").read_text())
+    # Everything is in latest.json now.
+    PARTIAL.unlink(missing_ok=True)
     if args.keep_work_dir:
         print(f"==> Driver logs and results kept in {work_dir}")
     else:

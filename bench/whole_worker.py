@@ -21,6 +21,7 @@ Latencies come from clocks of this machine at millisecond precision or better:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import re
@@ -35,12 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from apiserver_metrics import raise_peaks, requests_between
 from prefect_support import PrefectServer
 from testbed_support import Testbed, stop_processes
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FLOW_RUN_LABEL = "prefect.io/flow-run-id"
+EVENT_SLICE_RUNS = 10
+# How long after the last failed Job the harness waits for the runs' Crashed states.
+CRASH_PATIENCE_SECONDS = 90
 STAMPED_LINE = re.compile(rb"line \d+ @(\d{16})")
 
 
@@ -123,6 +128,9 @@ class JobWatch(threading.Thread):
         self.added: dict[str, float] = {}  # flow run id -> wall time the Job was seen
         self.finished: dict[str, float] = {}
         self.stopping = threading.Event()
+        # Each time the stream broke before its timeout: reported, since a Job missed while
+        # reconnecting would show as a late creation.
+        self.reconnects = 0
 
     def run(self) -> None:
         path = f"/apis/batch/v1/jobs?labelSelector={FLOW_RUN_LABEL}"
@@ -143,6 +151,7 @@ class JobWatch(threading.Thread):
                         version = job["metadata"]["resourceVersion"]
                         self._saw(job, time.time())
             except (OSError, urllib.error.URLError, json.JSONDecodeError):
+                self.reconnects += 1
                 time.sleep(0.5)
 
     def _saw(self, job: dict[str, Any], now: float) -> None:
@@ -250,21 +259,26 @@ class PrefectApi:
         )
 
 
-def percentiles(values: list[float]) -> dict[str, float | int | None]:
+def percentiles(values: list[float]) -> dict[str, Any]:
+    """p50, p99 and max, and the distribution in 5% steps (for the plots' CDFs)."""
     if not values:
-        return {"count": 0, "p50": None, "p99": None, "max": None}
+        return {"count": 0, "p50": None, "p99": None, "max": None, "quantiles": []}
     ordered = sorted(values)
 
     def at(fraction: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
 
-    return {"count": len(ordered), "p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 2)}
+    return {
+        "count": len(ordered),
+        "p50": at(0.5),
+        "p99": at(0.99),
+        "max": round(ordered[-1], 2),
+        "quantiles": [at(step / 20) for step in range(20)] + [round(ordered[-1], 2)],
+    }
 
 
 def iso_seconds(text: str) -> float:
     """Prefect's ISO timestamps (with a zone) as Unix seconds."""
-    import datetime
-
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
@@ -310,13 +324,14 @@ class WholeWorkerBench:
 
     async def prepare_runs(
         self, pool: str, entrant: Entrant, namespaces: list[str], runs: int, behaviour: dict
-    ) -> list[str]:
-        """A paused pool, one deployment per namespace, `runs` flow runs spread over them."""
+    ) -> tuple[str, list[str]]:
+        """A paused pool, one deployment per namespace, `runs` flow runs spread over them: the
+        pool's id and the runs' ids."""
         from prefect.client.orchestration import PrefectClient
         from prefect.client.schemas.actions import WorkPoolCreate
 
         async with PrefectClient(api=self.server.api_url) as client:
-            await client.create_work_pool(
+            created_pool = await client.create_work_pool(
                 WorkPoolCreate(
                     name=pool,
                     type=entrant.worker_type,
@@ -349,7 +364,8 @@ class WholeWorkerBench:
                             await asyncio.sleep(1 + attempt)
                     raise RuntimeError(f"could not create flow run {index} of pool {pool}")
 
-            return list(await asyncio.gather(*(one(i) for i in range(runs))))
+            run_ids = list(await asyncio.gather(*(one(i) for i in range(runs))))
+            return str(created_pool.id), run_ids
 
     def start_worker(self, entrant: Entrant, pool: str, label: str) -> tuple:
         name = f"{pool}-worker"
@@ -406,7 +422,9 @@ class WholeWorkerBench:
         for namespace in namespaces:
             self.api.create_namespace(namespace)
         created = time.monotonic()
-        run_ids = asyncio.run(self.prepare_runs(pool, entrant, namespaces, runs, behaviour))
+        pool_id, run_ids = asyncio.run(
+            self.prepare_runs(pool, entrant, namespaces, runs, behaviour)
+        )
         runs_created_seconds = time.monotonic() - created
         result: dict[str, Any] = {
             "worker": entrant.name,
@@ -417,7 +435,17 @@ class WholeWorkerBench:
         metrics_before = self.api.metrics()
         process, reader, stderr_log = self.start_worker(entrant, pool, label)
         try:
-            result |= self._follow(entrant, pool, process, reader, run_ids, metrics_before)
+            result |= self._follow(
+                entrant,
+                pool,
+                pool_id,
+                process,
+                reader,
+                run_ids,
+                metrics_before,
+                float(behaviour.get("run-seconds", 0)),
+                behaviour.get("exit-code", "0") != "0",
+            )
         finally:
             process.send_signal(signal.SIGINT)
             stop_processes([process], grace_seconds=30)
@@ -442,14 +470,15 @@ class WholeWorkerBench:
         self,
         entrant: Entrant,
         pool: str,
+        pool_id: str,
         process: subprocess.Popen,
         reader: OutputReader,
         run_ids: list[str],
         metrics_before: dict[str, float],
+        pod_seconds: float,
+        pod_fails: bool,
     ) -> dict[str, Any]:
         """Release the runs, sample the worker until every run ended, return what was seen."""
-        from run_bench import long_running_count, request_counts, watch_count
-
         assert self.prefect is not None
         wanted = set(run_ids)
         # The worker's own start (its first watches, the pool's lookups) is over: what follows
@@ -461,46 +490,58 @@ class WholeWorkerBench:
         rss_before = tree_rss_bytes(process.pid)
         released = time.time()
         self.prefect.patch(f"/work_pools/{pool}", {"is_paused": False})
-        peak = {"rss": rss_before, "watches": 0.0, "long_running": 0.0, "connections": 0}
+        peak = {
+            "rss": rss_before,
+            "watches": 0.0,
+            "long_running": 0.0,
+            "connections": 0,
+            "in_flight": 0,
+        }
         executed_filter = {
             "occurred": {"since": _iso(released - 5), "until": _iso(released + 86400)},
             "event": {"name": ["prefect.worker.executed-flow-run"]},
-            "related": {"resources_in_roles": [[f"prefect.work-pool.{self._pool_id(pool)}",
+            "related": {"resources_in_roles": [[f"prefect.work-pool.{pool_id}",
                                                 "work-pool"]]},
         }  # fmt: skip
-        deadline = time.monotonic() + self.args.timeout_base + runs_timeout(self.args, run_ids)
+        deadline = (
+            time.monotonic()
+            + self.args.timeout_base
+            + len(run_ids) * self.args.timeout_per_run
+            + pod_seconds
+        )
         next_metrics = next_check = 0.0
-        samples: list[tuple[float, int, int]] = []
+        ended_since: float | None = None
+        samples: list[tuple[float, int, int, int]] = []
         timed_out = False
         while True:
             now = time.monotonic()
             rss = tree_rss_bytes(process.pid)
             peak["rss"] = max(peak["rss"], rss)
+            if now >= next_metrics or now >= next_check:
+                seen, finished = self.jobs.counts(wanted)
+                # Runs in flight: their Job exists and has not ended.
+                peak["in_flight"] = max(peak["in_flight"], seen - finished)
             if now >= next_metrics:
                 next_metrics = now + 3
-                sample = self.api.metrics()
-                peak["watches"] = max(
-                    peak["watches"], watch_count(sample) - watch_count(metrics_before)
-                )
-                peak["long_running"] = max(
-                    peak["long_running"],
-                    long_running_count(sample) - long_running_count(metrics_before),
-                )
+                raise_peaks(peak, self.api.metrics(), metrics_before)
                 peak["connections"] = max(
                     peak["connections"], tcp_connections(process.pid, self.proxy_port)
                 )
-                seen, finished = self.jobs.counts(wanted)
-                samples.append((round(time.time() - released, 1), rss, finished))
+                samples.append((round(time.time() - released, 1), rss, seen, finished))
             if now >= next_check:
                 next_check = now + 5
-                seen, finished = self.jobs.counts(wanted)
                 crashed = self.prefect.crashed_count(pool)
                 all_jobs_ended = finished == seen and seen + crashed >= len(wanted)
                 reported = (
                     not entrant.follows_runs or self.prefect.event_total(executed_filter) >= seen
                 )
                 if all_jobs_ended and reported:
-                    break
+                    # Pods that fail: a worker (or observer) that crashes runs gets time to
+                    # do it; one that never does is stopped after CRASH_PATIENCE_SECONDS.
+                    ended_since = ended_since or now
+                    crashes_due = pod_fails and crashed < seen
+                    if not crashes_due or now - ended_since > CRASH_PATIENCE_SECONDS:
+                        break
             if process.poll() is not None or now > deadline:
                 timed_out = now > deadline
                 break
@@ -524,23 +565,20 @@ class WholeWorkerBench:
             "rss_before_mib": round(rss_before / 2**20, 1),
             "peak_rss_mib": round(peak["rss"] / 2**20, 1),
             "rss_growth_kib_per_run": round((peak["rss"] - rss_before) / 1024 / len(wanted), 1),
+            # Over the runs that were in flight together at the most, which is what memory
+            # holds: Prefect's server may hand out runs slower than the pods end.
+            "rss_growth_kib_per_run_in_flight": round(
+                (peak["rss"] - rss_before) / 1024 / max(1, peak["in_flight"]), 1
+            ),
             "peak_watches_added": peak["watches"],
             "peak_long_running_added": peak["long_running"],
             "peak_connections": peak["connections"],
+            "peak_runs_in_flight": peak["in_flight"],
+            "job_watch_reconnects": self.jobs.reconnects,
             "proxy_counts": {k: proxy[k] for k in ("total", "verbs", "patterns", "statuses")},
-            "apiserver_requests_during": {
-                key: value - request_counts(at_release).get(key, 0.0)
-                for key, value in request_counts(after).items()
-                if value - request_counts(at_release).get(key, 0.0) > 0
-            },
+            "apiserver_requests_during": requests_between(at_release, after),
             "samples": samples[:: max(1, len(samples) // 200)],
         }
-
-    def _pool_id(self, pool: str) -> str:
-        assert self.prefect is not None
-        response = self.prefect.http.get(f"/work_pools/{pool}")
-        response.raise_for_status()
-        return response.json()["id"]
 
     def _collect(
         self,
@@ -554,8 +592,17 @@ class WholeWorkerBench:
         assert self.prefect is not None
         ended_at: dict[str, float] = {}
         for namespace in namespaces:
+            # 0.5.x labels the Job with its flow run, not the pod template: pods are matched to
+            # runs through their Job.
+            run_of_job = {
+                job["metadata"]["name"]: job["metadata"].get("labels", {}).get(FLOW_RUN_LABEL)
+                for job in self.api.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs")[
+                    "items"
+                ]
+            }
             for pod in self.api.request("GET", f"/api/v1/namespaces/{namespace}/pods")["items"]:
-                run_id = pod["metadata"].get("labels", {}).get(FLOW_RUN_LABEL)
+                labels = pod["metadata"].get("labels", {})
+                run_id = labels.get(FLOW_RUN_LABEL) or run_of_job.get(labels.get("job-name", ""))
                 for status in pod.get("status", {}).get("containerStatuses", []):
                     message = status.get("state", {}).get("terminated", {}).get("message", "")
                     if run_id and message.startswith("ended @"):
@@ -566,15 +613,23 @@ class WholeWorkerBench:
         first_pod_event: dict[str, float] = {}
         pod_events = 0
         pod_event_ids: set[str] = set()
-        for event in self.prefect.events(
-            {
-                "occurred": {"since": since, "until": _iso(time.time() + 60)},
-                "event": {
-                    "prefix": ["prefect.worker.executed-flow-run", "prefect.kubernetes.pod."]
-                },
-                "related": {"id": list(run_of)},
-            }
-        ):
+        resources = list(run_of)
+        found_events = [
+            event
+            # In slices of a few runs: the next pages' tokens carry the filter, and the server
+            # fails (500) on long ones; a slice's events mostly fit one page.
+            for start in range(0, len(resources), EVENT_SLICE_RUNS)
+            for event in self.prefect.events(
+                {
+                    "occurred": {"since": since, "until": _iso(time.time() + 60)},
+                    "event": {
+                        "prefix": ["prefect.worker.executed-flow-run", "prefect.kubernetes.pod."]
+                    },
+                    "related": {"id": resources[start : start + EVENT_SLICE_RUNS]},
+                }
+            )
+        ]
+        for event in found_events:
             run_id = next(
                 (run_of[r["prefect.resource.id"]] for r in event.get("related", [])
                  if r.get("prefect.resource.id") in run_of),
@@ -636,11 +691,5 @@ class WholeWorkerBench:
         )
 
 
-def runs_timeout(args: Any, run_ids: list[str]) -> float:
-    return len(run_ids) * args.timeout_per_run + float(args.run_seconds)
-
-
 def _iso(seconds: float) -> str:
-    import datetime
-
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat()

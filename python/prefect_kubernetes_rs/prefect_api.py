@@ -1,4 +1,5 @@
-"""The worker's Prefect client, patient with the requests a run cannot do without.
+"""The worker's Prefect client: patient with the requests a run cannot do without, and queued
+in front of its connection pool (`QueuedTransport`), whose bookkeeping grows with its queue.
 
 Under a burst (hundreds of runs released at once against a SQLite-backed server) Prefect's API
 answers `503 Service Unavailable` for a while, and Prefect's client gives up after its own few
@@ -77,3 +78,83 @@ class PatientPrefectClient:
                 )
             await asyncio.sleep(pause)
         return await ask()
+
+
+# Prefect's client opens at most this many connections to its API (its `httpx.Limits`); the
+# queue below lets in as many requests as the pool has connections when the pool does not say.
+PREFECT_CLIENT_CONNECTIONS = 16
+
+
+class QueuedTransport(httpx.AsyncBaseTransport):
+    """Lets at most `limit` requests into the wrapped transport at once; the others wait here,
+    in the order they came.
+
+    Why: httpcore's connection pool examines every request waiting in it against every
+    connection each time a connection is released. With a thousand runs released at once the
+    base worker queues thousands of requests there (deployment and flow reads, state proposals,
+    label updates), and that bookkeeping, O(waiting x connections) per request, became the
+    worker's largest CPU cost. Waiting on a semaphore costs O(1). A request keeps its slot
+    until its response body is closed, as it keeps its connection.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._slots, self._loop = asyncio.Semaphore(self._limit), loop
+        if loop is not self._loop:
+            # A semaphore belongs to one event loop; a request from another goes straight on.
+            return await self._inner.handle_async_request(request)
+        slots = self._slots
+        await slots.acquire()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            slots.release()
+            raise
+        response.stream = _ReleasingStream(response.stream, slots.release)
+        return response
+
+    async def __aenter__(self) -> QueuedTransport:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._inner.__aexit__(*exc_info)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that gives its request's slot back once, when it is closed."""
+
+    def __init__(self, stream: Any, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> Any:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+def queue_requests_before_the_pool(client: PrefectClient) -> None:
+    """Put a `QueuedTransport` in front of the client's connection pool (see its docstring)."""
+    http = client._client
+    pool = getattr(http._transport, "_pool", None)
+    limit = getattr(pool, "_max_connections", None) or PREFECT_CLIENT_CONNECTIONS
+    if not isinstance(http._transport, QueuedTransport):
+        http._transport = QueuedTransport(http._transport, limit)

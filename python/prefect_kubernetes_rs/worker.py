@@ -72,7 +72,7 @@ from prefect_kubernetes_rs.observer import (
     rescheduled_since,
 )
 from prefect_kubernetes_rs.pod_events import emit_pod_event
-from prefect_kubernetes_rs.prefect_api import PatientPrefectClient
+from prefect_kubernetes_rs.prefect_api import PatientPrefectClient, queue_requests_before_the_pool
 from prefect_kubernetes_rs.settings import current_settings
 
 if TYPE_CHECKING:
@@ -470,6 +470,7 @@ class KubernetesWorker(
 
     async def setup(self) -> None:
         await super().setup()
+        queue_requests_before_the_pool(self.client)
         # State proposals (Pending, Crashed, ...) and the pid write are asked again while
         # Prefect's API answers 503 or refuses connections (`prefect_api.py`).
         self._client = cast("PrefectClient", PatientPrefectClient(self.client, self._logger))
